@@ -1,0 +1,48 @@
+"""streamcore: fast batch consumers for streams and queues, with AWS Lambda semantics.
+
+>>> import streamcore as sc
+>>> clock = sc.VirtualClock()
+>>> stream = sc.MemoryStream(shards=2, clock=clock)
+>>> _ = stream.put([{"key": "a", "n": 1}, {"key": "b", "n": 2}])
+>>> app = sc.App(clock=clock)
+>>> seen = []
+>>> @app.consumer(stream, batch_size=10)
+... def handle(batch):
+...     seen.extend(batch.records.column("n").to_pylist())
+>>> app.run(until_idle=True)
+>>> sorted(seen)
+[1, 2]
+"""
+
+from streamcore.app import App
+from streamcore.batch import Batch, BatchFailures, Window
+from streamcore.checkpoints import CheckpointStore, MemoryCheckpoints
+from streamcore.clock import Clock, SystemClock, VirtualClock
+from streamcore.errors import (
+    AppStateError,
+    ConfigError,
+    HandlerTimeoutError,
+    InvalidRecordsError,
+    StreamcoreError,
+)
+from streamcore.sources import MemoryStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AppStateError",
+    "Batch",
+    "BatchFailures",
+    "CheckpointStore",
+    "Clock",
+    "ConfigError",
+    "HandlerTimeoutError",
+    "InvalidRecordsError",
+    "MemoryCheckpoints",
+    "MemoryStream",
+    "StreamcoreError",
+    "SystemClock",
+    "VirtualClock",
+    "Window",
+]

@@ -1,0 +1,216 @@
+"""The scheduler: which batch runs next, on which worker, and when time moves.
+
+Shards with possibly-ready work sit in a FIFO ``ready`` queue (each at most
+once). Workers pull from it under one lock, run the handler without the lock,
+and report the outcome. The thread that called ``App.run`` is the
+coordinator: it owns time. When nothing can run now it finds the next timer
+(a batching window, a retry back-off, a sleeping handler) and either waits
+for it (system clock) or jumps the virtual clock straight to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from streamcore.clock import Clock, VirtualClock
+from streamcore.consumer import ShardState, StreamConsumer, Work
+from streamcore.errors import AppStateError
+from streamcore.executor import ThreadExecutor
+
+# Real seconds the coordinator waits between re-checks when it expects a notify
+# anyway; only a safety net, so a missed wake-up costs this much and no more.
+_RECHECK = 0.05
+
+
+class Scheduler:
+    """Owns the lock that serialises every dispatcher call of one App."""
+
+    def __init__(self, clock: Clock, concurrency: int) -> None:
+        self.clock = clock
+        self.concurrency = concurrency
+        self.lock = threading.Lock()
+        self.work_cond = threading.Condition(self.lock)  # workers wait here
+        self.state_cond = threading.Condition(self.lock)  # the coordinator waits here
+        self.consumers: list[StreamConsumer] = []
+        self._ready: deque[tuple[StreamConsumer, ShardState]] = deque()
+        self._queued: set[tuple[int, int]] = set()
+        self._in_flight: set[Work] = set()
+        self._idle_workers = 0
+        self._workers_wanted = 0
+        self._epoch = 0
+        self.running = False
+        self._stop_requested = False
+        self._drain = True
+        self._shutdown = False
+        self._executor = ThreadExecutor(self._worker)
+        if isinstance(clock, VirtualClock):
+            clock.add_listener(self._wake_coordinator)
+
+    # -- bookkeeping (under the lock) ------------------------------------------
+
+    def add_consumer(self, consumer: StreamConsumer) -> None:
+        with self.lock:
+            self.consumers.append(consumer)
+            lanes = sum(c.options.parallelization * len(c.shards) for c in self.consumers)
+            self._workers_wanted = max(1, min(self.concurrency, lanes))
+            for state in consumer.shards.values():
+                self._mark(consumer, state)
+
+    def _mark(self, consumer: StreamConsumer, state: ShardState) -> None:
+        key = (id(consumer), state.shard_id)
+        if key not in self._queued:
+            self._queued.add(key)
+            self._ready.append((consumer, state))
+        if self.running and self._idle_workers:
+            self.work_cond.notify()
+
+    def on_put(self, stream: object, shard_ids: list[int]) -> None:
+        """A source got new records on ``shard_ids`` (called by the source, outside its lock)."""
+        with self.lock:
+            for consumer in self.consumers:
+                if consumer.stream is stream:
+                    for shard_id in shard_ids:
+                        state = consumer.shards.get(shard_id)
+                        if state is not None:
+                            self._mark(consumer, state)
+            self.state_cond.notify()
+
+    def _wake_coordinator(self) -> None:
+        with self.lock:
+            self.state_cond.notify()
+
+    def _take_work(self) -> Work | None:
+        ready = self._ready
+        while ready:
+            consumer, state = ready[0]
+            work = consumer.next_work(state, self._epoch)
+            if work is not None:
+                ready.rotate(-1)  # the shard may have more ready lanes; others go first
+                if len(self._in_flight) + 1 >= self.concurrency and len(ready) > 1:
+                    consumer.counters["throttles"] += 1
+                return work
+            ready.popleft()
+            self._queued.discard((id(consumer), state.shard_id))
+        return None
+
+    # -- workers ---------------------------------------------------------------
+
+    def _worker(self, worker_id: int) -> None:
+        with self.lock:
+            while not self._shutdown:
+                work = None
+                if self.running and not self._stop_requested:
+                    work = self._take_work()
+                if work is None:
+                    self._idle_workers += 1
+                    self.state_cond.notify()
+                    self.work_cond.wait()
+                    self._idle_workers -= 1
+                    continue
+                self._in_flight.add(work)
+                self.lock.release()
+                try:
+                    outcome = work.consumer.invoke(work)
+                finally:
+                    self.lock.acquire()
+                self._in_flight.discard(work)
+                if work.epoch == self._epoch:
+                    work.consumer.finish(work, outcome)
+                    self._mark(work.consumer, work.shard)
+                if not self._in_flight:
+                    self.state_cond.notify()
+
+    # -- the coordinator -------------------------------------------------------
+
+    def run(self, *, until_idle: bool, timeout: float | None) -> None:
+        with self.lock:
+            if self.running:
+                raise AppStateError("the App is already running")
+            self.running = True
+            self._stop_requested = False
+            for consumer in self.consumers:
+                for state in consumer.shards.values():
+                    self._mark(consumer, state)
+            self._executor.ensure(self._workers_wanted)
+            self.work_cond.notify_all()
+            try:
+                self._coordinate(until_idle, timeout)
+            finally:
+                self.running = False
+                self.state_cond.notify_all()
+
+    def _coordinate(self, until_idle: bool, timeout: float | None) -> None:
+        clock = self.clock
+        virtual = isinstance(clock, VirtualClock)
+        end = float("inf") if timeout is None else clock.now() + timeout
+        while True:
+            if self._stop_requested:
+                if not self._drain:
+                    self._abandon_in_flight()
+                    return
+                if not self._in_flight:
+                    return
+                self.state_cond.wait(_RECHECK)
+                continue
+            if clock.now() >= end:
+                return
+            in_flight = len(self._in_flight)
+            if self._ready and (self._idle_workers or in_flight < self._workers_wanted):
+                self.work_cond.notify()
+                self.state_cond.wait(_RECHECK)
+                continue
+            sleeping = clock.sleepers() if virtual else 0  # type: ignore[attr-defined]
+            if in_flight > sleeping:
+                self.state_cond.wait(_RECHECK)
+                continue
+            # Nothing can run now: find the next moment something can.
+            wake = min((c.next_deadline() for c in self.consumers), default=float("inf"))
+            if virtual:
+                wakeup = clock.next_wakeup()  # type: ignore[attr-defined]
+                if wakeup is not None:
+                    wake = min(wake, wakeup)
+            if until_idle and not in_flight and wake == float("inf"):
+                return
+            wake = min(wake, end)
+            if wake == float("inf"):
+                self.state_cond.wait(_RECHECK)  # only a put can create work
+            elif virtual:
+                self.lock.release()
+                try:
+                    clock.advance_to(wake)  # type: ignore[attr-defined]
+                finally:
+                    self.lock.acquire()
+            else:
+                self.state_cond.wait(max(0.0, wake - clock.now()))
+            for consumer in self.consumers:
+                for state in consumer.shards.values():
+                    self._mark(consumer, state)
+
+    def _abandon_in_flight(self) -> None:
+        for work in self._in_flight:
+            work.consumer.abandon(work)
+        self._in_flight.clear()
+        self._epoch += 1  # late results of the abandoned invocations are ignored
+
+    # -- stopping --------------------------------------------------------------
+
+    def request_stop(self, drain: bool) -> None:
+        with self.lock:
+            self._stop_requested = True
+            self._drain = drain
+            self.state_cond.notify_all()
+
+    def wait_stopped(self) -> None:
+        with self.lock:
+            while self.running:
+                self.state_cond.wait(_RECHECK)
+
+    def shutdown(self) -> None:
+        """Stop the workers for good (``App.close``)."""
+        with self.lock:
+            self._shutdown = True
+            self.work_cond.notify_all()
+        self._executor.join(timeout=1.0)
+        if isinstance(self.clock, VirtualClock):
+            self.clock.remove_listener(self._wake_coordinator)

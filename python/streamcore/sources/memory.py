@@ -1,0 +1,184 @@
+"""``MemoryStream``: a sharded, ordered stream held in memory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from streamcore import _arrow, _hashing, _partition
+from streamcore.clock import SYSTEM_CLOCK, Clock
+from streamcore.errors import ConfigError, InvalidRecordsError
+from streamcore.sources.ingest import check_reserved, key_column, to_table
+from streamcore.sources.shardlog import ShardLog
+
+ARRIVAL_TYPE = pa.timestamp("ms", tz="UTC")
+PutListener = Callable[["MemoryStream", list[int]], None]
+
+
+class MemoryStream:
+    """A Kinesis-like stream in memory: records sharded by key hash, ordered per shard.
+
+    Parameters
+    ----------
+    shards : int
+        Number of shards; shard i owns the i-th equal range of the 64-bit hash space.
+    name : str
+        Name reported in ``Batch.source`` and metrics.
+    retention : float
+        Seconds a record is kept (on the clock) before it is dropped, read or not.
+    clock : Clock, optional
+        Stamps ``arrival``. Without one, the clock of the App it is attached to.
+
+    ``put`` is thread-safe; records become visible to consumers atomically per call.
+    """
+
+    def __init__(
+        self,
+        shards: int = 1,
+        *,
+        name: str = "stream",
+        retention: float = 86400.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+            raise ConfigError("shards", shards, "an integer >= 1")
+        if not isinstance(retention, (int, float)) or retention <= 0:
+            raise ConfigError("retention", retention, "seconds > 0")
+        self.name = name
+        self.retention = float(retention)
+        self._own_clock = clock
+        self._app_clock: Clock | None = None
+        self._lock = threading.Lock()
+        starts = _partition.even_ranges(shards)
+        ends = [*starts[1:], 1 << 64]
+        self._logs: dict[int, ShardLog] = {
+            i: ShardLog(i, start, end) for i, (start, end) in enumerate(zip(starts, ends, strict=True))
+        }
+        self._open: list[int] = list(range(shards))  # open shards, in hash-range order
+        self._listeners: list[PutListener] = []
+        self._closed = False
+
+    # -- configuration ---------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        return self._own_clock or self._app_clock or SYSTEM_CLOCK
+
+    @property
+    def shard_ids(self) -> list[int]:
+        """Open shards (those that accept puts), in hash-range order."""
+        return list(self._open)
+
+    def shard_log(self, shard_id: int) -> ShardLog:
+        return self._logs[shard_id]
+
+    def _attach(self, clock: Clock, listener: PutListener) -> None:
+        with self._lock:
+            if self._app_clock is None:
+                self._app_clock = clock
+            self._listeners.append(listener)
+
+    def _detach(self, listener: PutListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    # -- writing ---------------------------------------------------------------
+
+    def put(self, data: Any, key: str = "key", *, keys: Sequence[Any] | None = None) -> pa.Table:
+        """Append records; returns each input row's ``shard`` (int64) and ``seq`` (uint64).
+
+        ``data`` is a pyarrow Table or RecordBatch, an object exporting
+        ``__arrow_c_stream__``, a list of dicts, or a list of bytes/str payloads
+        (stored in a ``data`` column; pass ``keys=``). ``key`` names the key
+        column. A missing or null key raises ``ValueError`` naming the row, and
+        nothing of the call is stored.
+        """
+        if self._closed:
+            raise InvalidRecordsError(f"stream {self.name!r} is closed")
+        table = to_table(data, payload_column="data")
+        if table.num_rows == 0:
+            return pa.table({"shard": pa.array([], pa.int64()), "seq": pa.array([], pa.uint64())})
+        check_reserved(table, key if keys is None else None)
+        keys_col = key_column(table, key, keys)
+        hashes = _hashing.hash_array(keys_col)  # raises on null or unsupported keys
+        if keys_col.num_chunks != 1:
+            keys_col = keys_col.combine_chunks()
+        else:
+            keys_col = keys_col.chunk(0)
+        if keys is None and key == "key":
+            table = table.drop_columns(["key"])
+        with self._lock:
+            result, touched, listeners = self._append(table, keys_col, hashes)
+        for listener in listeners:  # outside the lock: listeners take their App's lock
+            listener(self, touched)
+        return result
+
+    def _append(
+        self, table: pa.Table, keys: pa.Array, hashes: pa.Array
+    ) -> tuple[pa.Table, list[int], list[PutListener]]:
+        arrival_ms = int(self.clock.now() * 1000)
+        open_logs = [self._logs[s] for s in self._open]
+        owner, order, counts = _partition.partition(hashes, [log.range_start for log in open_logs])
+        n = table.num_rows
+        if len(open_logs) > 1:
+            table = table.take(order)
+            keys = keys.take(order)
+            hashes = hashes.take(order)
+        payload = table.combine_chunks()
+        starts = [log.next_seq for log in open_logs]
+        touched: list[int] = []
+        offset = 0
+        for log, count in zip(open_logs, counts, strict=True):
+            if not count:
+                continue
+            columns = [
+                _arrow.sequence(log.next_seq, count),
+                keys.slice(offset, count),
+                pa.repeat(pa.scalar(arrival_ms, ARRIVAL_TYPE), count),
+            ]
+            names = ["seq", "key", "arrival"]
+            for name, column in zip(payload.column_names, payload.columns, strict=True):
+                names.append(name)
+                columns.append(column.slice(offset, count).combine_chunks())
+            records = pa.RecordBatch.from_arrays(columns, names=names)
+            log.append(records, hashes.slice(offset, count), _arrow.row_nbytes(records), arrival_ms)
+            touched.append(log.shard_id)
+            offset += count
+        self._expire_locked(arrival_ms)
+        listeners = list(self._listeners)
+        shard_ids = pa.array([log.shard_id for log in open_logs], pa.int64())
+        result = pa.table(
+            {
+                "shard": shard_ids.take(owner),
+                "seq": _arrow.scatter_sequences(order, starts, counts),
+            }
+        )
+        assert result.num_rows == n
+        return result, touched, listeners
+
+    def _expire_locked(self, now_ms: int) -> None:
+        cutoff = now_ms - int(self.retention * 1000)
+        for log in self._logs.values():
+            log.expire(cutoff)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse further puts. Records already stored stay readable."""
+        self._closed = True
+
+    def __enter__(self) -> MemoryStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return sum(len(log) for log in self._logs.values())
+
+    def __repr__(self) -> str:
+        return f"MemoryStream(name={self.name!r}, shards={len(self._open)}, records={len(self)})"

@@ -1,0 +1,110 @@
+"""One shard's records in memory: an append-only list of Arrow batches with seqs.
+
+Every chunk is one ``put``'s records for this shard, stored with what the
+dispatcher needs to assemble batches without touching Arrow again: the key
+hash and byte size of every record, and the chunk's arrival time. Retention
+drops whole chunks by age.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    first_seq: int
+    records: pa.RecordBatch  # seq, key, arrival, payload...
+    hashes: pa.UInt64Array
+    sizes: pa.UInt32Array
+    arrival_ms: int
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + self.records.num_rows
+
+
+class ShardLog:
+    """Append-only, seq-addressed records of one shard. The owning stream serialises writes."""
+
+    def __init__(self, shard_id: int, start: int, end: int) -> None:
+        self.shard_id = shard_id
+        self.range_start = start  # hash range [start, end) this shard owns
+        self.range_end = end
+        self._chunks: list[Chunk] = []
+        self._starts: list[int] = []
+        self.next_seq = 0  # seq the next appended record gets
+        self.trim_seq = 0  # first seq still retained
+
+    def append(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
+        chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms)
+        self._chunks.append(chunk)
+        self._starts.append(chunk.first_seq)
+        self.next_seq = chunk.end_seq
+
+    def chunks_from(self, seq: int) -> list[tuple[Chunk, int]]:
+        """Chunks holding seqs >= ``seq``, each with the index of its first such record."""
+        i = max(bisect.bisect_right(self._starts, seq) - 1, 0)
+        out = []
+        for chunk in self._chunks[i:]:
+            if chunk.end_seq > seq:
+                out.append((chunk, max(seq - chunk.first_seq, 0)))
+        return out
+
+    def read(self, first_seq: int, count: int) -> pa.RecordBatch:
+        """Records ``first_seq .. first_seq + count - 1``: a zero-copy slice within one chunk."""
+        i = bisect.bisect_right(self._starts, first_seq) - 1
+        chunk = self._chunks[i]
+        offset = first_seq - chunk.first_seq
+        if offset + count <= chunk.records.num_rows:
+            return chunk.records.slice(offset, count)
+        parts = []
+        remaining = count
+        while remaining:
+            part = chunk.records.slice(offset, remaining)
+            parts.append(part)
+            remaining -= part.num_rows
+            i += 1
+            offset = 0
+            if remaining:
+                chunk = self._chunks[i]
+        return pa.concat_batches(parts)
+
+    def chunk_start(self, seq: int) -> int:
+        """First seq of the chunk holding ``seq``."""
+        return self._starts[bisect.bisect_right(self._starts, seq) - 1]
+
+    def take(self, base: int, last_seq: int, offsets: pa.Array) -> pa.RecordBatch:
+        """Records at seqs ``base + offsets``; ``base`` is a chunk start, ``last_seq`` the last seq."""
+        i = bisect.bisect_right(self._starts, base) - 1
+        j = bisect.bisect_right(self._starts, last_seq)
+        if j - i == 1:
+            return self._chunks[i].records.take(offsets)
+        table = pa.Table.from_batches([c.records for c in self._chunks[i:j]])
+        return table.take(offsets).combine_chunks().to_batches()[0]
+
+    def seq_at_time(self, epoch_ms: int) -> int:
+        """First seq whose arrival is at or after ``epoch_ms`` (``next_seq`` if none)."""
+        for chunk in self._chunks:
+            if chunk.arrival_ms >= epoch_ms:
+                return chunk.first_seq
+        return self.next_seq
+
+    def expire(self, before_ms: int) -> int:
+        """Drop whole chunks that arrived before ``before_ms``; returns records dropped."""
+        k = 0
+        while k < len(self._chunks) and self._chunks[k].arrival_ms < before_ms:
+            k += 1
+        if not k:
+            return 0
+        dropped = self._chunks[k - 1].end_seq - self.trim_seq
+        del self._chunks[:k]
+        del self._starts[:k]
+        self.trim_seq = self._chunks[0].first_seq if self._chunks else self.next_seq
+        return dropped
+
+    def __len__(self) -> int:
+        return self.next_seq - self.trim_seq

@@ -1,0 +1,48 @@
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+
+cdef struct Entry:
+    # One pending record of a lane: what batch assembly needs without touching Arrow.
+    uint64_t seq
+    int64_t arrival_ms
+    uint32_t nbytes
+
+
+cdef struct Lane:
+    # FIFO of records not yet done, oldest first: buf[head:tail].
+    Entry* buf
+    Py_ssize_t head
+    Py_ssize_t tail
+    Py_ssize_t cap
+    # The batch in flight is always the first ``inflight_n`` records of the FIFO.
+    bint in_flight
+    Py_ssize_t inflight_n
+    double pending_since    # when the FIFO last went from empty to non-empty
+    double idle_since       # when the last invocation of this lane finished
+    # Failed records are retried as pinned sub-batches taken from the FIFO head,
+    # in order (bisect splits one into two); empty = assemble a fresh batch.
+    Py_ssize_t* pinned
+    Py_ssize_t n_pinned
+    Py_ssize_t pinned_cap
+    int64_t attempt         # attempt number of the head batch, 1 on the first try
+    int64_t retries         # failed retries charged to the head single record / batch
+    double retry_at         # the head batch is not retried before this time
+
+
+cdef class ShardDispatcher:
+    cdef Lane* lanes
+    cdef readonly Py_ssize_t n_lanes
+    cdef readonly Py_ssize_t batch_size
+    cdef readonly int64_t max_batch_bytes
+    cdef readonly double batch_window
+    cdef readonly uint64_t next_read
+    cdef readonly int64_t in_flight
+    cdef Py_ssize_t rr
+
+    cdef int _push(self, Lane* lane, uint64_t seq, int64_t arrival_ms, uint32_t nbytes) except -1 nogil
+    cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
+    cdef double _ready_at(self, Lane* lane, Py_ssize_t* count) noexcept nogil
+    cdef Lane* _lane(self, Py_ssize_t lane_idx) except NULL
+    cdef Lane* _inflight_lane(self, Py_ssize_t lane_idx) except NULL
+    cdef int _pin_front(self, Lane* lane, Py_ssize_t count) except -1
+    cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept nogil
