@@ -27,6 +27,9 @@ cdef struct Lane:
     int64_t attempt         # attempt number of the head batch, 1 on the first try
     int64_t retries         # failed retries charged to the head single record / batch
     double retry_at         # the head batch is not retried before this time
+    double hold_until       # nothing starts in this lane before this time (failed delivery)
+    int doomed              # a Condition: the head batch awaits delivery to on_failure
+    int64_t doomed_attempts # invocations of exactly the doomed records
 
 
 cdef class ShardDispatcher:
@@ -35,13 +38,23 @@ cdef class ShardDispatcher:
     cdef readonly Py_ssize_t batch_size
     cdef readonly int64_t max_batch_bytes
     cdef readonly double batch_window
+    cdef readonly bint bisect
+    cdef readonly int64_t max_retries
+    cdef readonly int64_t max_age_ms
+    cdef readonly double backoff_initial
+    cdef readonly double backoff_multiplier
+    cdef readonly double backoff_cap
     cdef readonly uint64_t next_read
     cdef readonly int64_t in_flight
     cdef Py_ssize_t rr
 
     cdef int _push(self, Lane* lane, uint64_t seq, int64_t arrival_ms, uint32_t nbytes) except -1 nogil
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
-    cdef double _ready_at(self, Lane* lane, Py_ssize_t* count) noexcept nogil
+    cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil
+    cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil
+    cdef void _reset_head(self, Lane* lane) noexcept nogil
+    cdef void _drop_pinned_front(self, Lane* lane) noexcept nogil
+    cdef void _schedule_retry(self, Lane* lane, double now, double jitter) noexcept
     cdef Lane* _lane(self, Py_ssize_t lane_idx) except NULL
     cdef Lane* _inflight_lane(self, Py_ssize_t lane_idx) except NULL
     cdef int _pin_front(self, Lane* lane, Py_ssize_t count) except -1

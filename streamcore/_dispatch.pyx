@@ -20,6 +20,24 @@ from libc.string cimport memmove
 import pyarrow as pa
 
 from streamcore._arrow cimport buffer_address
+from streamcore._retry cimport (
+    DISCARD,
+    NONE,
+    RETRY_ATTEMPTS_EXHAUSTED,
+    RECORD_AGE_EXCEEDED,
+    SPLIT,
+    Verdict,
+    after_failure,
+    after_partial,
+    backoff_delay,
+    is_expired,
+)
+
+# What ``poll`` hands out: an invocation, or records to deliver to on_failure.
+INVOKE = NONE
+DISCARD_RETRIES_EXHAUSTED = RETRY_ATTEMPTS_EXHAUSTED
+DISCARD_RECORD_AGE = RECORD_AGE_EXCEEDED
+VERDICT_NAMES = ("retry", "split", "discard")
 
 cdef double _INF = float("inf")
 
@@ -41,12 +59,21 @@ cdef class ShardDispatcher:
         record.
     start_seq : int
         First seq this dispatcher reads.
+    bisect : bool
+        Split a failed batch of n > 1 records in two (model M1, SEMANTICS 0.1).
+    max_retries : int
+        Failed retries before a batch is discarded; -1 retries forever.
+    max_record_age : float
+        Seconds after ``arrival`` at which a record is discarded; -1 never.
+    backoff : tuple
+        ``(initial, multiplier, cap)`` seconds of the retry back-off.
 
     Not thread-safe: the caller serialises every call (the App holds its lock).
     """
 
     def __cinit__(self, Py_ssize_t n_lanes, Py_ssize_t batch_size, int64_t max_batch_bytes,
-                  double batch_window, uint64_t start_seq):
+                  double batch_window, uint64_t start_seq, bint bisect=False,
+                  int64_t max_retries=-1, double max_record_age=-1, tuple backoff=(0.5, 1.5, 60.0)):
         if n_lanes < 1 or batch_size < 1 or max_batch_bytes < 1 or batch_window < 0:
             raise ValueError("n_lanes, batch_size and max_batch_bytes must be >= 1, batch_window >= 0")
         self.lanes = <Lane*>malloc(n_lanes * sizeof(Lane))
@@ -59,6 +86,10 @@ cdef class ShardDispatcher:
         self.next_read = start_seq
         self.in_flight = 0
         self.rr = 0
+        self.bisect = bisect
+        self.max_retries = max_retries
+        self.max_age_ms = -1 if max_record_age < 0 else <int64_t>(max_record_age * 1000)
+        self.backoff_initial, self.backoff_multiplier, self.backoff_cap = backoff
         cdef Py_ssize_t i
         for i in range(n_lanes):
             self.lanes[i].buf = NULL
@@ -75,6 +106,9 @@ cdef class ShardDispatcher:
             self.lanes[i].attempt = 1
             self.lanes[i].retries = 0
             self.lanes[i].retry_at = -_INF
+            self.lanes[i].hold_until = -_INF
+            self.lanes[i].doomed = 0
+            self.lanes[i].doomed_attempts = 0
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -163,47 +197,90 @@ cdef class ShardDispatcher:
         full[0] = count < avail or count == self.batch_size
         return count
 
-    cdef double _ready_at(self, Lane* lane, Py_ssize_t* count) noexcept nogil:
-        # When the lane's next batch may start, and how many records it has.
+    cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil:
+        # Arrival never decreases along a lane, so the records too old form a prefix.
+        cdef Py_ssize_t count = 0
+        while count < limit and is_expired(lane.buf[lane.head + count].arrival_ms, self.max_age_ms, now):
+            count += 1
+        return count
+
+    cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil:
+        # When the lane's next action may start, what it is (``kind``) and how many
+        # records it covers. Discards come first: doomed records, then records
+        # already too old; then the pinned retry or a fresh batch.
         cdef bint full = False
-        cdef double opened
+        cdef double opened, at, expires
+        cdef Py_ssize_t limit
         count[0] = 0
+        kind[0] = NONE
         if lane.in_flight or lane.head == lane.tail:
             return _INF
+        if lane.hold_until > now:
+            count[0] = 1
+            return lane.hold_until
+        if lane.doomed:
+            count[0] = lane.pinned[0]
+            kind[0] = lane.doomed
+            return -_INF
+        if self.max_age_ms >= 0:
+            limit = lane.pinned[0] if lane.n_pinned else self.batch_size
+            if limit > lane.tail - lane.head:
+                limit = lane.tail - lane.head
+            count[0] = self._expired_prefix(lane, limit, now)
+            if count[0]:
+                kind[0] = RECORD_AGE_EXCEEDED
+                return -_INF
+            expires = <double>(lane.buf[lane.head].arrival_ms + self.max_age_ms + 1) / 1000.0
+        else:
+            expires = _INF
         if lane.n_pinned:
             count[0] = lane.pinned[0]
-            return lane.retry_at
-        count[0] = self._fresh_count(lane, &full)
-        if full or self.batch_window == 0:
-            return -_INF
-        opened = lane.pending_since if lane.pending_since > lane.idle_since else lane.idle_since
-        return opened + self.batch_window
+            at = lane.retry_at
+        else:
+            count[0] = self._fresh_count(lane, &full)
+            if full or self.batch_window == 0:
+                return -_INF
+            opened = lane.pending_since if lane.pending_since > lane.idle_since else lane.idle_since
+            at = opened + self.batch_window
+        return expires if expires < at else at
 
     def poll(self, double now):
-        """Start the next ready batch: ``(lane, count, attempt)``, or None.
+        """Start the next ready action: ``(lane, count, attempt, kind)``, or None.
 
-        The batch is the first ``count`` records of the lane's FIFO; it stays
-        in flight until ``complete`` or ``fail``. Lanes are visited round-robin.
+        ``kind`` is ``INVOKE`` (run the handler on the first ``count`` records of
+        the lane) or a discard condition (deliver them to on_failure; ``attempt``
+        is then the invocation count to report). The action stays in flight
+        until ``complete``, ``fail``, ``partial``, ``discarded`` or ``release``.
+        Lanes are visited round-robin.
         """
         cdef Py_ssize_t k, idx, count
+        cdef int kind
+        cdef int64_t attempt
         cdef Lane* lane
         for k in range(self.n_lanes):
             idx = (self.rr + k) % self.n_lanes
             lane = &self.lanes[idx]
-            if self._ready_at(lane, &count) <= now and count:
+            if self._ready_at(lane, now, &count, &kind) <= now and count:
                 lane.in_flight = True
                 lane.inflight_n = count
                 self.in_flight += 1
                 self.rr = (idx + 1) % self.n_lanes
-                return (idx, count, lane.attempt)
+                if kind == RETRY_ATTEMPTS_EXHAUSTED:
+                    attempt = lane.doomed_attempts
+                elif kind == RECORD_AGE_EXCEEDED:
+                    attempt = lane.attempt - 1 if lane.attempt > 1 else 1
+                else:
+                    attempt = lane.attempt
+                return (idx, count, attempt, kind)
         return None
 
-    def next_deadline(self):
-        """Earliest time at which a batch that is not ready now becomes ready (inf: none)."""
+    def next_deadline(self, double now):
+        """Earliest time at which an action that is not ready at ``now`` becomes ready (inf: none)."""
         cdef double best = _INF, at
         cdef Py_ssize_t i, count
+        cdef int kind
         for i in range(self.n_lanes):
-            at = self._ready_at(&self.lanes[i], &count)
+            at = self._ready_at(&self.lanes[i], now, &count, &kind)
             if count and at < best:
                 best = at
         return best
@@ -269,33 +346,118 @@ cdef class ShardDispatcher:
         self.in_flight -= 1
         return lane
 
-    def complete(self, Py_ssize_t lane_idx, double now):
-        """The lane's batch in flight is done: its records leave the FIFO."""
-        cdef Lane* lane = self._inflight_lane(lane_idx)
-        self._pop(lane, lane.inflight_n)
-        if lane.n_pinned:
-            lane.n_pinned -= 1
-            memmove(lane.pinned, lane.pinned + 1, lane.n_pinned * sizeof(Py_ssize_t))
+    cdef void _reset_head(self, Lane* lane) noexcept nogil:
         lane.attempt = 1
         lane.retries = 0
         lane.retry_at = -_INF
+        lane.doomed = 0
+        lane.doomed_attempts = 0
+
+    cdef void _drop_pinned_front(self, Lane* lane) noexcept nogil:
+        lane.n_pinned -= 1
+        memmove(lane.pinned, lane.pinned + 1, lane.n_pinned * sizeof(Py_ssize_t))
+
+    def complete(self, Py_ssize_t lane_idx, double now):
+        """The lane's batch in flight succeeded: its records leave the FIFO."""
+        cdef Lane* lane = self._inflight_lane(lane_idx)
+        self._pop(lane, lane.inflight_n)
+        if lane.n_pinned:
+            self._drop_pinned_front(lane)
+        self._reset_head(lane)
         lane.idle_since = now
 
-    def fail(self, Py_ssize_t lane_idx, double now, double retry_at):
-        """The lane's batch in flight failed: retry the same records, not before ``retry_at``."""
+    def fail(self, Py_ssize_t lane_idx, double now, double jitter):
+        """The lane's invocation failed as a whole; returns "retry", "split" or "discard".
+
+        Retry: the same records again after back-off (a retry is consumed).
+        Split: two halves, left first, at once (bisect; no retry consumed).
+        Discard: retries are exhausted; ``poll`` hands the records out for on_failure.
+        """
         cdef Lane* lane = self._inflight_lane(lane_idx)
+        cdef Py_ssize_t n = lane.inflight_n, left
         if not lane.n_pinned:
-            self._pin_front(lane, lane.inflight_n)
-        lane.attempt += 1
-        lane.retries += 1
-        lane.retry_at = retry_at
+            self._pin_front(lane, n)
+        cdef Verdict verdict = after_failure(n, self.bisect, lane.retries, self.max_retries)
+        if verdict == SPLIT:
+            left = (n + 1) // 2
+            lane.pinned[0] = n - left
+            self._pin_front(lane, left)
+            self._reset_head(lane)
+        elif verdict == DISCARD:
+            lane.doomed = RETRY_ATTEMPTS_EXHAUSTED
+            lane.doomed_attempts = lane.attempt
+        else:
+            self._schedule_retry(lane, now, jitter)
         lane.idle_since = now
+        return VERDICT_NAMES[verdict]
+
+    def partial(self, Py_ssize_t lane_idx, Py_ssize_t done, double now, double jitter):
+        """A partial batch response: the first ``done`` records succeeded, the tail failed.
+
+        The tail is retried (a retry is consumed) or, past ``max_retries``,
+        discarded. Returns "retry" or "discard".
+        """
+        cdef Lane* lane = self._inflight_lane(lane_idx)
+        cdef Py_ssize_t n = lane.inflight_n
+        if done < 0 or done >= n:
+            raise ValueError(f"done={done} is invalid: expected 0..{n - 1}")
+        self._pop(lane, done)
+        if lane.n_pinned:
+            lane.pinned[0] = n - done
+        else:
+            self._pin_front(lane, n - done)
+        cdef Verdict verdict = after_partial(lane.retries, self.max_retries)
+        if verdict == DISCARD:
+            lane.doomed = RETRY_ATTEMPTS_EXHAUSTED
+            lane.doomed_attempts = lane.attempt
+        else:
+            self._schedule_retry(lane, now, jitter)
+        lane.idle_since = now
+        return VERDICT_NAMES[verdict]
+
+    cdef void _schedule_retry(self, Lane* lane, double now, double jitter) noexcept:
+        lane.retries += 1
+        lane.attempt += 1
+        lane.retry_at = now + backoff_delay(lane.retries, self.backoff_initial,
+                                            self.backoff_multiplier, self.backoff_cap, jitter)
+
+    def discarded(self, Py_ssize_t lane_idx, double now):
+        """The records of the discard in flight reached on_failure: they are done."""
+        cdef Lane* lane = self._inflight_lane(lane_idx)
+        cdef Py_ssize_t n = lane.inflight_n
+        self._pop(lane, n)
+        if lane.n_pinned:
+            if lane.pinned[0] > n:
+                lane.pinned[0] -= n   # too-old head of a pinned batch; the rest stays pinned
+            else:
+                self._drop_pinned_front(lane)
+                self._reset_head(lane)
+        lane.idle_since = now
+
+    def defer(self, Py_ssize_t lane_idx, double until):
+        """Give the action in flight back and start nothing in this lane before ``until``."""
+        cdef Lane* lane = self._inflight_lane(lane_idx)
+        lane.hold_until = until
 
     def release(self, Py_ssize_t lane_idx):
-        """Give the batch in flight back unchanged (not an attempt): e.g. an abandoned stop."""
-        cdef Lane* lane = self._inflight_lane(lane_idx)
-        if not lane.n_pinned:
-            self._pin_front(lane, lane.inflight_n)
+        """Give the action in flight back unchanged (not an attempt): e.g. an abandoned stop."""
+        self._inflight_lane(lane_idx)
+
+    def index_of(self, Py_ssize_t lane_idx, uint64_t seq):
+        """Position of ``seq`` within the lane's batch in flight, or -1."""
+        cdef Lane* lane = self._lane(lane_idx)
+        cdef Py_ssize_t lo = 0, hi = lane.inflight_n, mid
+        if not lane.in_flight:
+            return -1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if lane.buf[lane.head + mid].seq < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < lane.inflight_n and lane.buf[lane.head + lo].seq == seq:
+            return lo
+        return -1
 
     # -- progress --------------------------------------------------------------
 
@@ -324,5 +486,7 @@ cdef class ShardDispatcher:
             "inflight_n": lane.inflight_n,
             "pinned": [lane.pinned[i] for i in range(lane.n_pinned)],
             "attempt": lane.attempt,
+            "retries": lane.retries,
             "retry_at": lane.retry_at,
+            "doomed": lane.doomed,
         }

@@ -124,15 +124,7 @@ class App:
         )
         if max_concurrency is not None:
             raise ConfigError("max_concurrency", max_concurrency, "None for stream consumers (queues only)")
-        _reject_unsupported(
-            bisect_on_error=options.bisect_on_error,
-            max_retries=options.max_retries != -1,
-            max_record_age=options.max_record_age != -1,
-            on_failure=options.on_failure is not None,
-            report_failures=options.report_failures,
-            tumbling_window=options.tumbling_window is not None,
-            timeout=options.timeout is not None,
-        )
+        _reject_unsupported(tumbling_window=options.tumbling_window is not None)
 
         def register(handler: Handler) -> Handler:
             if not callable(handler):

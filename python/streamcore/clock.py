@@ -9,7 +9,6 @@ deterministically (SEMANTICS 0.7). No other module calls ``time.time`` or
 
 from __future__ import annotations
 
-import heapq
 import random
 import threading
 import time
@@ -74,7 +73,7 @@ class VirtualClock(Clock):
         self._now = float(start)
         self._rng = random.Random(seed)
         self._cond = threading.Condition()
-        self._sleepers: list[float] = []  # heap of sleep deadlines
+        self._sleeping: dict[int, float] = {}  # thread ident -> sleep deadline
         self._listeners: list[Callable[[], None]] = []
 
     def now(self) -> float:
@@ -96,25 +95,31 @@ class VirtualClock(Clock):
     def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
+        me = threading.get_ident()
         with self._cond:
             deadline = self._now + seconds
-            heapq.heappush(self._sleepers, deadline)
+            self._sleeping[me] = deadline
         self._notify_listeners()
         with self._cond:
-            while self._now < deadline:
-                self._cond.wait()
-            self._sleepers.remove(deadline)
-            heapq.heapify(self._sleepers)
+            try:
+                while self._now < deadline:
+                    self._cond.wait()
+            finally:
+                del self._sleeping[me]
+
+    def sleeping_threads(self) -> set[int]:
+        """Idents of the threads blocked in ``sleep`` right now."""
+        with self._cond:
+            return {t for t, d in self._sleeping.items() if d > self._now}
 
     def sleepers(self) -> int:
-        """Threads blocked in ``sleep`` right now."""
-        with self._cond:
-            return sum(1 for d in self._sleepers if d > self._now)
+        """How many threads are blocked in ``sleep`` right now."""
+        return len(self.sleeping_threads())
 
     def next_wakeup(self) -> float | None:
         """The earliest deadline of a sleeping thread, if any."""
         with self._cond:
-            pending = [d for d in self._sleepers if d > self._now]
+            pending = [d for d in self._sleeping.values() if d > self._now]
             return min(pending) if pending else None
 
     def random(self) -> float:

@@ -1,25 +1,31 @@
 """The runtime of one stream consumer: a ``ShardDispatcher`` per shard, invocations, outcomes.
 
 The App's scheduler calls these methods; every method but ``invoke`` runs
-under the App's lock. ``invoke`` reads the records and runs the handler
-without it.
+under the App's lock. ``invoke`` reads the records and runs the handler (or
+delivers discarded records to ``on_failure``) without it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from streamcore._dispatch import ShardDispatcher
+from streamcore._dispatch import INVOKE, ShardDispatcher
 from streamcore.batch import Batch
 from streamcore.checkpoints import CheckpointStore
 from streamcore.clock import Clock
-from streamcore.options import StreamOptions, backoff_delay
+from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, deliver, failed_seqs
+from streamcore.options import StreamOptions
 from streamcore.sources.memory import MemoryStream
 from streamcore.sources.shardlog import ShardLog
+
+log = logging.getLogger("streamcore")
 
 Handler = Callable[[Batch], Any]
 
@@ -35,28 +41,34 @@ COUNTERS = (
     "checkpoints_written",
 )
 
+# Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
+DELIVERY_RETRY_DELAY = 1.0
+
 
 class ShardState:
     """One shard as one consumer sees it."""
 
-    __slots__ = ("checkpoint", "dispatcher", "log", "shard_id")
+    __slots__ = ("checkpoint", "dispatcher", "last_error", "log", "shard_id")
 
     def __init__(self, log: ShardLog, dispatcher: ShardDispatcher, checkpoint: int | None) -> None:
         self.shard_id = log.shard_id
         self.log = log
         self.dispatcher = dispatcher
         self.checkpoint = checkpoint  # last reported checkpoint, None before any
+        # Per lane: the last failure's message and whether it was an exception/timeout.
+        self.last_error: dict[int, tuple[str | None, bool]] = {}
 
 
 @dataclass(slots=True, eq=False)  # identity hash: works sit in a set while in flight
 class Work:
-    """One invocation handed from the scheduler to a worker."""
+    """One action handed from the scheduler to a worker: an invocation or a discard."""
 
     consumer: StreamConsumer
     shard: ShardState
     lane: int
     count: int
     attempt: int
+    kind: int  # INVOKE or a discard condition code
     first_seq: int
     last_seq: int
     contiguous: bool
@@ -64,13 +76,19 @@ class Work:
     offsets: pa.Array | None
     last_arrival_ms: int
     epoch: int
+    deadline: float = float("inf")  # clock time at which the invocation times out
+    thread: int = 0  # ident of the worker thread running it
+    timed_out: bool = False
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What an invocation produced: nothing (success) or an error."""
+    """What an action produced. ``error`` None and ``failed`` empty is a success."""
 
-    error: BaseException | None = None
+    error: str | None = None
+    function_error: bool = False  # an exception or a timeout, rather than a bad response
+    failed: list[int] = field(default_factory=list)  # partial response: failed seqs
+    done: int = 0  # partial response: records before the lowest failed seq
 
 
 class StreamConsumer:
@@ -105,6 +123,10 @@ class StreamConsumer:
                 options.max_batch_bytes,
                 options.batch_window,
                 start,
+                options.bisect_on_error,
+                options.max_retries,
+                options.max_record_age,
+                options.retry_backoff,
             )
             self.shards[shard_id] = ShardState(log, dispatcher, saved.get(shard_id))
 
@@ -140,13 +162,14 @@ class StreamConsumer:
         self.counters["records_in"] += dispatcher.next_read - before
 
     def next_work(self, state: ShardState, epoch: int) -> Work | None:
-        """Start the shard's next ready batch, if any."""
+        """Start the shard's next ready action, if any."""
         self._ingest(state)
         dispatcher = state.dispatcher
-        polled = dispatcher.poll(self.clock.now())
+        now = self.clock.now()
+        polled = dispatcher.poll(now)
         if polled is None:
             return None
-        lane, count, attempt = polled
+        lane, count, attempt, kind = polled
         first, last, contiguous = dispatcher.batch_bounds(lane)
         base = first
         offsets = None
@@ -154,13 +177,17 @@ class StreamConsumer:
             base = state.log.chunk_start(first)
             offsets = dispatcher.batch_offsets(lane, base)
         self.in_flight += 1
-        return Work(
-            self, state, lane, count, attempt, first, last, contiguous, base, offsets,
+        work = Work(
+            self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
             dispatcher.batch_arrivals(lane)[1], epoch,
         )
+        if kind == INVOKE and self.options.timeout is not None:
+            work.deadline = now + self.options.timeout
+        return work
 
     def next_deadline(self) -> float:
-        return min((s.dispatcher.next_deadline() for s in self.shards.values()), default=float("inf"))
+        now = self.clock.now()
+        return min((s.dispatcher.next_deadline(now) for s in self.shards.values()), default=float("inf"))
 
     # -- invocation (outside the App lock) -------------------------------------
 
@@ -173,43 +200,115 @@ class StreamConsumer:
             return log.take(work.base, work.last_seq, work.offsets)
 
     def invoke(self, work: Work) -> Outcome:
-        """Read the batch's records and run the handler; never raises."""
+        """Run the handler on the batch, or deliver a discard; never raises."""
         try:
             records = self.read(work)
-            batch = Batch(
-                records,
-                source=self.stream.name,
-                shard=work.shard.shard_id,
-                lane=work.lane,
-                first_seq=work.first_seq,
-                last_seq=work.last_seq,
-                attempt=work.attempt,
-            )
-            self.handler(batch)
-        except Exception as exc:  # a failing handler is an outcome, not a crash
-            return Outcome(error=exc)
+        except Exception as exc:  # the log lost the records (retention): say so, retry later
+            return Outcome(error=f"cannot read records: {exc!r}", function_error=True)
+        if work.kind != INVOKE:
+            return self._discard(work, records)
+        batch = Batch(
+            records,
+            source=self.stream.name,
+            shard=work.shard.shard_id,
+            lane=work.lane,
+            first_seq=work.first_seq,
+            last_seq=work.last_seq,
+            attempt=work.attempt,
+        )
+        try:
+            result = self.handler(batch)
+        except BaseException as exc:  # a failing handler is an outcome, not a crash
+            return Outcome(error=f"{type(exc).__name__}: {exc}", function_error=True)
+        if not self.options.report_failures:
+            return Outcome()
+        seqs = records.column("seq")
+        try:
+            failed = failed_seqs(result, seqs)
+        except InvalidResponse as exc:
+            return Outcome(error=f"invalid batch response: {exc}")
+        if not failed:
+            return Outcome()
+        lowest = min(failed)
+        done = lowest - work.first_seq if work.contiguous else pc.index(seqs, lowest).as_py()
+        return Outcome(failed=failed, done=done)
+
+    def _discard(self, work: Work, records: pa.RecordBatch) -> Outcome:
+        message, function_error = work.shard.last_error.get(work.lane, (None, False))
+        arrivals = records.column("arrival")
+        failed = FailedBatch(
+            consumer=self.name,
+            source=self.stream.name,
+            shard=work.shard.shard_id,
+            first_seq=work.first_seq,
+            last_seq=work.last_seq,
+            size=work.count,
+            condition=CONDITIONS[work.kind],
+            attempts=work.attempt,
+            error=message if work.kind == 1 else None,
+            function_error=function_error if work.kind == 1 else False,
+            first_arrival=arrivals[0].as_py(),
+            last_arrival=arrivals[-1].as_py(),
+            timestamp=datetime.fromtimestamp(self.clock.now(), tz=timezone.utc),
+            records=records,
+        )
+        try:
+            deliver(self.options.on_failure, failed)
+        except Exception as exc:
+            log.exception("on_failure of consumer %r failed; retrying the delivery", self.name)
+            return Outcome(error=f"on_failure delivery failed: {exc!r}", function_error=True)
         return Outcome()
 
     # -- outcomes (under the App lock) -----------------------------------------
 
+    def timeout(self, work: Work) -> None:
+        """The invocation ran past its deadline: it counts as failed; its result will be ignored."""
+        work.timed_out = True
+        assert self.options.timeout is not None
+        self.finish(
+            work,
+            Outcome(error=f"Task timed out after {self.options.timeout:.2f} seconds", function_error=True),
+        )
+
     def finish(self, work: Work, outcome: Outcome) -> None:
         self.in_flight -= 1
         now = self.clock.now()
-        dispatcher = work.shard.dispatcher
-        self.counters["invocations"] += 1
-        self.iterator_age_ms = max(0, int(now * 1000) - work.last_arrival_ms)
-        if outcome.error is None:
-            dispatcher.complete(work.lane, now)
-            self.counters["records_done"] += work.count
-            self._checkpoint(work.shard)
+        state = work.shard
+        dispatcher = state.dispatcher
+        counters = self.counters
+        if work.kind != INVOKE:
+            if outcome.error is not None:
+                dispatcher.defer(work.lane, now + DELIVERY_RETRY_DELAY)
+                return
+            dispatcher.discarded(work.lane, now)
+            counters["dead_lettered"] += work.count
+            self._checkpoint(state)
             return
-        self.counters["errors"] += 1
-        self.counters["retries"] += 1
-        delay = backoff_delay(work.attempt, self.options.retry_backoff, self.clock.random())
-        dispatcher.fail(work.lane, now, now + delay)
+        counters["invocations"] += 1
+        self.iterator_age_ms = max(0, int(now * 1000) - work.last_arrival_ms)
+        if outcome.error is None and not outcome.failed:
+            dispatcher.complete(work.lane, now)
+            counters["records_done"] += work.count
+            self._checkpoint(state)
+            return
+        jitter = self.clock.random()
+        if outcome.failed:
+            state.last_error[work.lane] = (None, False)
+            verdict = dispatcher.partial(work.lane, outcome.done, now, jitter)
+            counters["records_done"] += outcome.done
+            if outcome.done:
+                self._checkpoint(state)
+        else:
+            counters["errors"] += 1
+            state.last_error[work.lane] = (outcome.error, outcome.function_error)
+            verdict = dispatcher.fail(work.lane, now, jitter)
+        if verdict == "retry":
+            counters["retries"] += 1
+        elif verdict == "split":
+            counters["bisects"] += 1
 
     def abandon(self, work: Work) -> None:
-        """A stop without drain: the batch goes back unchanged, to be redelivered."""
+        """A stop without drain: the action goes back unchanged, to be done again."""
         self.in_flight -= 1
         work.shard.dispatcher.release(work.lane)
 

@@ -38,6 +38,7 @@ class Scheduler:
         self._in_flight: set[Work] = set()
         self._idle_workers = 0
         self._workers_wanted = 0
+        self._stuck = 0  # workers still running an invocation that timed out
         self._epoch = 0
         self.running = False
         self._stop_requested = False
@@ -108,12 +109,16 @@ class Scheduler:
                     self.work_cond.wait()
                     self._idle_workers -= 1
                     continue
+                work.thread = threading.get_ident()
                 self._in_flight.add(work)
                 self.lock.release()
                 try:
                     outcome = work.consumer.invoke(work)
                 finally:
                     self.lock.acquire()
+                if work.timed_out:  # already failed by the coordinator; the result is void
+                    self._stuck -= 1
+                    continue
                 self._in_flight.discard(work)
                 if work.epoch == self._epoch:
                     work.consumer.finish(work, outcome)
@@ -155,17 +160,24 @@ class Scheduler:
                 continue
             if clock.now() >= end:
                 return
+            self._expire_timeouts()
             in_flight = len(self._in_flight)
             if self._ready and (self._idle_workers or in_flight < self._workers_wanted):
                 self.work_cond.notify()
                 self.state_cond.wait(_RECHECK)
                 continue
-            sleeping = clock.sleepers() if virtual else 0  # type: ignore[attr-defined]
-            if in_flight > sleeping:
-                self.state_cond.wait(_RECHECK)
+            sleeping = clock.sleeping_threads() if virtual else set()  # type: ignore[attr-defined]
+            busy = [w for w in self._in_flight if w.thread not in sleeping]
+            if busy:
+                # A handler that runs (not sleeping on the clock) holds time still.
+                wait = _RECHECK
+                if not virtual:
+                    wait = min(wait, max(0.0, min(w.deadline for w in busy) - clock.now()))
+                self.state_cond.wait(wait)
                 continue
             # Nothing can run now: find the next moment something can.
             wake = min((c.next_deadline() for c in self.consumers), default=float("inf"))
+            wake = min([wake, *(w.deadline for w in self._in_flight)])
             if virtual:
                 wakeup = clock.next_wakeup()  # type: ignore[attr-defined]
                 if wakeup is not None:
@@ -186,6 +198,17 @@ class Scheduler:
             for consumer in self.consumers:
                 for state in consumer.shards.values():
                     self._mark(consumer, state)
+
+    def _expire_timeouts(self) -> None:
+        now = self.clock.now()
+        expired = [w for w in self._in_flight if w.deadline <= now]
+        for work in expired:
+            self._in_flight.discard(work)
+            work.consumer.timeout(work)
+            self._mark(work.consumer, work.shard)
+            self._stuck += 1
+        if expired:  # keep the pool's capacity while stuck workers finish
+            self._executor.ensure(self._workers_wanted + self._stuck)
 
     def _abandon_in_flight(self) -> None:
         for work in self._in_flight:

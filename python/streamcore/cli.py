@@ -1,0 +1,57 @@
+"""The ``streamcore`` command line: ``python -m streamcore <command> [options]``.
+
+Each command owns its options: the arguments after the command name go to its
+module's ``main(argv)`` unchanged, so ``python -m streamcore demo --help``
+shows the demo's own help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[str, str] = {
+    "demo": "consume a generated clickstream through a sharded in-memory stream",
+    "bench": "run the benchmark suite against its baselines and targets",
+}
+
+
+def _demo(argv: list[str]) -> int:
+    from streamcore import demo
+
+    return demo.main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    from streamcore.benches import runner
+
+    return runner.main(argv)
+
+
+RUNNERS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "bench": _bench}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from streamcore import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streamcore",
+        description="streamcore: fast batch consumers for streams and queues.",
+        epilog="Run 'python -m streamcore <command> --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamcore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, summary in COMMANDS.items():
+        # No help of its own: --help after the command reaches the command's parser.
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything up to the command is ours; everything after it is the command's.
+    at = next((i for i, arg in enumerate(argv) if arg in COMMANDS), len(argv))
+    args = _parser().parse_args(argv[: at + 1])
+    return RUNNERS[args.command](argv[at + 1 :])
