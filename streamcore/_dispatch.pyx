@@ -275,15 +275,20 @@ cdef class ShardDispatcher:
         return None
 
     def next_deadline(self, double now):
-        """Earliest time at which an action that is not ready at ``now`` becomes ready (inf: none)."""
-        cdef double best = _INF, at
+        """``(due, upcoming)``: the earliest ready time of any lane's next action, and the
+        earliest that is still after ``now`` (inf when there is none)."""
+        cdef double due = _INF, upcoming = _INF, at
         cdef Py_ssize_t i, count
         cdef int kind
         for i in range(self.n_lanes):
             at = self._ready_at(&self.lanes[i], now, &count, &kind)
-            if count and at < best:
-                best = at
-        return best
+            if not count:
+                continue
+            if at < due:
+                due = at
+            if now < at < upcoming:
+                upcoming = at
+        return (due, upcoming)
 
     def batch_bounds(self, Py_ssize_t lane_idx):
         """``(first_seq, last_seq, contiguous)`` of the lane's batch in flight."""

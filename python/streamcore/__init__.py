@@ -16,6 +16,7 @@
 
 from streamcore.app import App
 from streamcore.batch import Batch, BatchFailures, Window
+from streamcore.failures import FailedBatch
 from streamcore.checkpoints import CheckpointStore, MemoryCheckpoints
 from streamcore.clock import Clock, SystemClock, VirtualClock
 from streamcore.errors import (
@@ -37,6 +38,7 @@ __all__ = [
     "CheckpointStore",
     "Clock",
     "ConfigError",
+    "FailedBatch",
     "HandlerTimeoutError",
     "InvalidRecordsError",
     "MemoryCheckpoints",

@@ -24,9 +24,38 @@ def _demo(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
+    _find_benches()
     from streamcore.benches import runner
 
     return runner.main(argv)
+
+
+def _find_benches() -> None:
+    """Make ``streamcore.benches`` importable from a source checkout too.
+
+    An installed streamcore carries the subpackage (``setup.py`` maps it from
+    ``benches/``). A checkout used with ``build_ext --inplace`` and
+    ``PYTHONPATH=python`` does not, so mount the checkout's ``benches/``
+    folder as that subpackage.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import streamcore
+
+    if importlib.util.find_spec("streamcore.benches") is not None:
+        return
+    folder = Path(streamcore.__file__).resolve().parent.parent.parent / "benches"
+    init = folder / "__init__.py"
+    if not init.is_file():
+        return  # the import that follows reports the missing package
+    spec = importlib.util.spec_from_file_location(
+        "streamcore.benches", init, submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["streamcore.benches"] = module
+    spec.loader.exec_module(module)
 
 
 RUNNERS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "bench": _bench}

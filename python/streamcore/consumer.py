@@ -185,9 +185,15 @@ class StreamConsumer:
             work.deadline = now + self.options.timeout
         return work
 
-    def next_deadline(self) -> float:
+    def next_deadline(self) -> tuple[float, float]:
+        """``(due, upcoming)`` over every shard: see ``ShardDispatcher.next_deadline``."""
         now = self.clock.now()
-        return min((s.dispatcher.next_deadline(now) for s in self.shards.values()), default=float("inf"))
+        due = upcoming = float("inf")
+        for state in self.shards.values():
+            d, u = state.dispatcher.next_deadline(now)
+            due = min(due, d)
+            upcoming = min(upcoming, u)
+        return due, upcoming
 
     # -- invocation (outside the App lock) -------------------------------------
 

@@ -134,9 +134,7 @@ class Scheduler:
                 raise AppStateError("the App is already running")
             self.running = True
             self._stop_requested = False
-            for consumer in self.consumers:
-                for state in consumer.shards.values():
-                    self._mark(consumer, state)
+            self._mark_all()
             self._executor.ensure(self._workers_wanted)
             self.work_cond.notify_all()
             try:
@@ -176,7 +174,14 @@ class Scheduler:
                 self.state_cond.wait(wait)
                 continue
             # Nothing can run now: find the next moment something can.
-            wake = min((c.next_deadline() for c in self.consumers), default=float("inf"))
+            due = wake = float("inf")
+            for consumer in self.consumers:
+                d, u = consumer.next_deadline()
+                due, wake = min(due, d), min(wake, u)
+            if due <= clock.now() and (self._idle_workers or in_flight < self._workers_wanted):
+                self._mark_all()  # defensive: something is ready that nobody queued
+                self.state_cond.wait(_RECHECK)
+                continue
             wake = min([wake, *(w.deadline for w in self._in_flight)])
             if virtual:
                 wakeup = clock.next_wakeup()  # type: ignore[attr-defined]
@@ -195,9 +200,12 @@ class Scheduler:
                     self.lock.acquire()
             else:
                 self.state_cond.wait(max(0.0, wake - clock.now()))
-            for consumer in self.consumers:
-                for state in consumer.shards.values():
-                    self._mark(consumer, state)
+            self._mark_all()
+
+    def _mark_all(self) -> None:
+        for consumer in self.consumers:
+            for state in consumer.shards.values():
+                self._mark(consumer, state)
 
     def _expire_timeouts(self) -> None:
         now = self.clock.now()
