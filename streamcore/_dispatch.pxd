@@ -30,6 +30,8 @@ cdef struct Lane:
     double hold_until       # nothing starts in this lane before this time (failed delivery)
     int doomed              # a Condition: the head batch awaits delivery to on_failure
     int64_t doomed_attempts # invocations of exactly the doomed records
+    int64_t done_seq        # highest seq of this lane that is done (-1: none)
+    int64_t skip_through    # on restart: this lane's records <= it were done before
 
 
 cdef class ShardDispatcher:

@@ -109,6 +109,8 @@ cdef class ShardDispatcher:
             self.lanes[i].hold_until = -_INF
             self.lanes[i].doomed = 0
             self.lanes[i].doomed_attempts = 0
+            self.lanes[i].done_seq = -1
+            self.lanes[i].skip_through = -1
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -169,10 +171,28 @@ cdef class ShardDispatcher:
         with nogil:
             for i in range(start, n):
                 lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
+                if <int64_t>(first_seq + <uint64_t>i) <= lane.skip_through:
+                    lane.done_seq = <int64_t>(first_seq + <uint64_t>i)
+                    continue  # done by an earlier run of this consumer
                 if lane.head == lane.tail:
                     lane.pending_since = now
                 self._push(lane, first_seq + <uint64_t>i, arrival_ms, sz[i])
         self.next_read = first_seq + <uint64_t>n
+
+    def restore_lanes(self, lane_done):
+        """After a restart with the same lane count: skip each lane's records up to
+        ``lane_done[lane]`` (its last done seq), which an earlier run finished past
+        the shard checkpoint."""
+        if len(lane_done) != self.n_lanes:
+            raise ValueError(f"{len(lane_done)} lane positions for {self.n_lanes} lanes")
+        cdef Py_ssize_t i
+        for i in range(self.n_lanes):
+            self.lanes[i].skip_through = lane_done[i]
+            self.lanes[i].done_seq = lane_done[i]
+
+    def lane_progress(self):
+        """Each lane's last done seq (-1: none), for the checkpoint store."""
+        return [self.lanes[i].done_seq for i in range(self.n_lanes)]
 
     def skip_to(self, uint64_t seq):
         """Move the read position forward to ``seq`` without reading (starting positions)."""
@@ -320,6 +340,8 @@ cdef class ShardDispatcher:
     # -- outcomes --------------------------------------------------------------
 
     cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept nogil:
+        if count:
+            lane.done_seq = <int64_t>lane.buf[lane.head + count - 1].seq
         lane.head += count
         if lane.head == lane.tail:
             lane.head = 0

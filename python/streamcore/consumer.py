@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from streamcore._dispatch import INVOKE, ShardDispatcher
 from streamcore.batch import Batch
-from streamcore.checkpoints import CheckpointStore
+from streamcore.checkpoints import CheckpointStore, ShardProgress
 from streamcore.clock import Clock
 from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, deliver, failed_seqs
 from streamcore.options import StreamOptions
@@ -116,19 +116,22 @@ class StreamConsumer:
         self.shards: dict[int, ShardState] = {}
         for shard_id in stream.shard_ids:
             log = stream.shard_log(shard_id)
-            start = self._start_seq(log, saved.get(shard_id))
+            progress = saved.get(shard_id)
+            checkpoint = progress.checkpoint if progress is not None and progress.checkpoint >= 0 else None
             dispatcher = ShardDispatcher(
                 options.parallelization,
                 options.batch_size,
                 options.max_batch_bytes,
                 options.batch_window,
-                start,
+                self._start_seq(log, checkpoint),
                 options.bisect_on_error,
                 options.max_retries,
                 options.max_record_age,
                 options.retry_backoff,
             )
-            self.shards[shard_id] = ShardState(log, dispatcher, saved.get(shard_id))
+            if progress is not None and len(progress.lanes) == options.parallelization:
+                dispatcher.restore_lanes(progress.lanes)
+            self.shards[shard_id] = ShardState(log, dispatcher, checkpoint)
 
     def _start_seq(self, log: ShardLog, saved: int | None) -> int:
         opts = self.options
@@ -319,11 +322,14 @@ class StreamConsumer:
         work.shard.dispatcher.release(work.lane)
 
     def _checkpoint(self, state: ShardState) -> None:
-        seq = state.dispatcher.checkpoint()
+        dispatcher = state.dispatcher
+        seq = dispatcher.checkpoint()
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
-            self.store.save(self.name, {state.shard_id: seq})
-            self.counters["checkpoints_written"] += 1
+        # Lanes may have moved even when the shard checkpoint did not.
+        progress = ShardProgress(seq, dispatcher.lane_progress())
+        self.store.save(self.name, {state.shard_id: progress})
+        self.counters["checkpoints_written"] += 1
 
     def checkpoints(self) -> dict[int, int | None]:
         return {shard_id: state.checkpoint for shard_id, state in self.shards.items()}
