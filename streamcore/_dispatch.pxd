@@ -32,6 +32,13 @@ cdef struct Lane:
     int64_t doomed_attempts # invocations of exactly the doomed records
     int64_t done_seq        # highest seq of this lane that is done (-1: none)
     int64_t skip_through    # on restart: this lane's records <= it were done before
+    int inflight_kind       # what is in flight: an invocation, a discard or a closing
+    # Tumbling windows: the lane's open window (index = start / size), and whether
+    # a closing invocation is due; ``final_early``: the state outgrew its limit,
+    # so the closing is early and the same window goes on with fresh state.
+    int64_t open_window
+    bint final_pending
+    bint final_early
 
 
 cdef class ShardDispatcher:
@@ -46,12 +53,14 @@ cdef class ShardDispatcher:
     cdef readonly double backoff_initial
     cdef readonly double backoff_multiplier
     cdef readonly double backoff_cap
+    cdef readonly int64_t window_ms
     cdef readonly uint64_t next_read
     cdef readonly int64_t in_flight
     cdef Py_ssize_t rr
 
     cdef int _push(self, Lane* lane, uint64_t seq, int64_t arrival_ms, uint32_t nbytes) except -1 nogil
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
+    cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil
     cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil
     cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil
     cdef void _reset_head(self, Lane* lane) noexcept nogil

@@ -37,6 +37,10 @@ from streamcore._retry cimport (
 INVOKE = NONE
 DISCARD_RETRIES_EXHAUSTED = RETRY_ATTEMPTS_EXHAUSTED
 DISCARD_RECORD_AGE = RECORD_AGE_EXCEEDED
+FINAL = 3  # the closing invocation of a tumbling window: no records
+
+cdef int64_t NO_WINDOW = -(2 ** 62)
+cdef int _FINAL = 3
 VERDICT_NAMES = ("retry", "split", "discard")
 
 cdef double _INF = float("inf")
@@ -67,13 +71,18 @@ cdef class ShardDispatcher:
         Seconds after ``arrival`` at which a record is discarded; -1 never.
     backoff : tuple
         ``(initial, multiplier, cap)`` seconds of the retry back-off.
+    tumbling_window : float
+        Window length in seconds (0: no windows). Batches never span two
+        windows, and a window is closed by a ``FINAL`` action once a later
+        record is read or, with the lane idle, once its end passed on the clock.
 
     Not thread-safe: the caller serialises every call (the App holds its lock).
     """
 
     def __cinit__(self, Py_ssize_t n_lanes, Py_ssize_t batch_size, int64_t max_batch_bytes,
                   double batch_window, uint64_t start_seq, bint bisect=False,
-                  int64_t max_retries=-1, double max_record_age=-1, tuple backoff=(0.5, 1.5, 60.0)):
+                  int64_t max_retries=-1, double max_record_age=-1, tuple backoff=(0.5, 1.5, 60.0),
+                  double tumbling_window=0):
         if n_lanes < 1 or batch_size < 1 or max_batch_bytes < 1 or batch_window < 0:
             raise ValueError("n_lanes, batch_size and max_batch_bytes must be >= 1, batch_window >= 0")
         self.lanes = <Lane*>malloc(n_lanes * sizeof(Lane))
@@ -90,6 +99,7 @@ cdef class ShardDispatcher:
         self.max_retries = max_retries
         self.max_age_ms = -1 if max_record_age < 0 else <int64_t>(max_record_age * 1000)
         self.backoff_initial, self.backoff_multiplier, self.backoff_cap = backoff
+        self.window_ms = <int64_t>(tumbling_window * 1000)
         cdef Py_ssize_t i
         for i in range(n_lanes):
             self.lanes[i].buf = NULL
@@ -111,6 +121,10 @@ cdef class ShardDispatcher:
             self.lanes[i].doomed_attempts = 0
             self.lanes[i].done_seq = -1
             self.lanes[i].skip_through = -1
+            self.lanes[i].inflight_kind = NONE
+            self.lanes[i].open_window = NO_WINDOW
+            self.lanes[i].final_pending = False
+            self.lanes[i].final_early = False
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -201,16 +215,31 @@ cdef class ShardDispatcher:
 
     # -- batch assembly --------------------------------------------------------
 
+    cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil:
+        # floor(arrival / size), also for times before the epoch
+        cdef int64_t q = arrival_ms // self.window_ms
+        if q * self.window_ms > arrival_ms:
+            q -= 1
+        return q
+
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil:
         # Greedy cut: the next record joins while the batch is below batch_size and
-        # stays within max_batch_bytes (an oversize first record goes alone).
+        # stays within max_batch_bytes (an oversize first record goes alone) and,
+        # with tumbling windows, belongs to the batch's window.
         cdef Py_ssize_t i, count = 0
         cdef Py_ssize_t avail = lane.tail - lane.head
         cdef int64_t nbytes = 0
+        cdef int64_t window = NO_WINDOW
+        if self.window_ms:
+            window = self._window_of(lane.buf[lane.head].arrival_ms)
+            if lane.open_window > window:
+                window = lane.open_window
         for i in range(lane.head, lane.tail):
             if count == self.batch_size:
                 break
             if count and nbytes + lane.buf[i].nbytes > self.max_batch_bytes:
+                break
+            if self.window_ms and self._window_of(lane.buf[i].arrival_ms) > window:
                 break
             nbytes += lane.buf[i].nbytes
             count += 1
@@ -233,11 +262,27 @@ cdef class ShardDispatcher:
         cdef Py_ssize_t limit
         count[0] = 0
         kind[0] = NONE
-        if lane.in_flight or lane.head == lane.tail:
+        if lane.in_flight:
             return _INF
-        if lane.hold_until > now:
+        if lane.hold_until > now and (lane.head != lane.tail or lane.final_pending):
             count[0] = 1
             return lane.hold_until
+        if lane.final_pending:
+            count[0] = 1
+            kind[0] = _FINAL
+            return lane.retry_at
+        if lane.head == lane.tail:
+            if lane.open_window != NO_WINDOW:
+                # An idle lane closes its window once the window's end passed on the clock.
+                count[0] = 1
+                kind[0] = _FINAL
+                return <double>((lane.open_window + 1) * self.window_ms) / 1000.0
+            return _INF
+        if (lane.open_window != NO_WINDOW and not lane.n_pinned
+                and self._window_of(lane.buf[lane.head].arrival_ms) > lane.open_window):
+            count[0] = 1  # a record of a later window was read: close the open one first
+            kind[0] = _FINAL
+            return -_INF
         if lane.doomed:
             count[0] = lane.pinned[0]
             kind[0] = lane.doomed
@@ -282,6 +327,11 @@ cdef class ShardDispatcher:
             lane = &self.lanes[idx]
             if self._ready_at(lane, now, &count, &kind) <= now and count:
                 lane.in_flight = True
+                lane.inflight_kind = kind
+                if kind == _FINAL:
+                    count = 0
+                elif kind == NONE and self.window_ms and lane.open_window == NO_WINDOW:
+                    lane.open_window = self._window_of(lane.buf[lane.head].arrival_ms)
                 lane.inflight_n = count
                 self.in_flight += 1
                 self.rr = (idx + 1) % self.n_lanes
@@ -385,8 +435,17 @@ cdef class ShardDispatcher:
         memmove(lane.pinned, lane.pinned + 1, lane.n_pinned * sizeof(Py_ssize_t))
 
     def complete(self, Py_ssize_t lane_idx, double now):
-        """The lane's batch in flight succeeded: its records leave the FIFO."""
+        """The lane's action in flight succeeded: its records leave the FIFO
+        (a closing invocation closes the window instead)."""
         cdef Lane* lane = self._inflight_lane(lane_idx)
+        if lane.inflight_kind == _FINAL:
+            if not lane.final_early:
+                lane.open_window = NO_WINDOW
+            lane.final_pending = False
+            lane.final_early = False
+            self._reset_head(lane)
+            lane.idle_since = now
+            return
         self._pop(lane, lane.inflight_n)
         if lane.n_pinned:
             self._drop_pinned_front(lane)
@@ -402,6 +461,12 @@ cdef class ShardDispatcher:
         """
         cdef Lane* lane = self._inflight_lane(lane_idx)
         cdef Py_ssize_t n = lane.inflight_n, left
+        if lane.inflight_kind == _FINAL:
+            # A closing invocation has no records to discard: it blocks the lane
+            # and is retried (with back-off) until it succeeds (SEMANTICS 0.4).
+            self._schedule_retry(lane, now, jitter)
+            lane.idle_since = now
+            return "retry"
         if not lane.n_pinned:
             self._pin_front(lane, n)
         cdef Verdict verdict = after_failure(n, self.bisect, lane.retries, self.max_retries)
@@ -470,6 +535,29 @@ cdef class ShardDispatcher:
         """Give the action in flight back unchanged (not an attempt): e.g. an abandoned stop."""
         self._inflight_lane(lane_idx)
 
+    def terminate_early(self, Py_ssize_t lane_idx):
+        """The window state outgrew its limit: close the window early, then go on in it."""
+        cdef Lane* lane = self._lane(lane_idx)
+        if lane.open_window == NO_WINDOW:
+            raise ValueError(f"lane {lane_idx} has no open window")
+        lane.final_pending = True
+        lane.final_early = True
+
+    def open_window(self, Py_ssize_t lane_idx):
+        """Index (start // size) of the lane's open window, or None."""
+        cdef Lane* lane = self._lane(lane_idx)
+        return None if lane.open_window == NO_WINDOW else lane.open_window
+
+    def window_of(self, int64_t arrival_ms):
+        """Index of the window holding ``arrival_ms``."""
+        if not self.window_ms:
+            raise ValueError("this dispatcher has no tumbling window")
+        return self._window_of(arrival_ms)
+
+    def restore_window(self, Py_ssize_t lane_idx, int64_t window):
+        """After a restart: the lane's window ``window`` is still open."""
+        self._lane(lane_idx).open_window = window
+
     def index_of(self, Py_ssize_t lane_idx, uint64_t seq):
         """Position of ``seq`` within the lane's batch in flight, or -1."""
         cdef Lane* lane = self._lane(lane_idx)
@@ -516,4 +604,7 @@ cdef class ShardDispatcher:
             "retries": lane.retries,
             "retry_at": lane.retry_at,
             "doomed": lane.doomed,
+            "open_window": None if lane.open_window == NO_WINDOW else lane.open_window,
+            "final_pending": lane.final_pending,
+            "final_early": lane.final_early,
         }

@@ -27,6 +27,8 @@ from streamcore.errors import (
     StreamcoreError,
 )
 from streamcore.sources import MemoryStream
+from streamcore.durable import DirectoryCheckpoints
+from streamcore.sources.locallog import LocalLog
 
 __version__ = "0.1.0"
 
@@ -38,9 +40,11 @@ __all__ = [
     "CheckpointStore",
     "Clock",
     "ConfigError",
+    "DirectoryCheckpoints",
     "FailedBatch",
     "HandlerTimeoutError",
     "InvalidRecordsError",
+    "LocalLog",
     "MemoryCheckpoints",
     "MemoryStream",
     "StreamcoreError",

@@ -12,7 +12,12 @@ from streamcore.checkpoints import CheckpointStore, MemoryCheckpoints
 from streamcore.clock import SYSTEM_CLOCK, Clock
 from streamcore.consumer import StreamConsumer
 from streamcore.errors import AppStateError, ConfigError
-from streamcore.options import DEFAULT_MAX_BATCH_BYTES, DEFAULT_RETRY_BACKOFF, stream_options
+from streamcore.options import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_STATE_BYTES,
+    DEFAULT_RETRY_BACKOFF,
+    stream_options,
+)
 from streamcore.scheduler import Scheduler
 from streamcore.sources.memory import MemoryStream
 
@@ -46,11 +51,9 @@ class App:
         if checkpoints is None:
             checkpoints = MemoryCheckpoints()
         elif not isinstance(checkpoints, CheckpointStore):
-            raise ConfigError(
-                "checkpoints",
-                checkpoints,
-                "None or sc.MemoryCheckpoints() (checkpoint directories are not supported yet)",
-            )
+            from streamcore.durable import open_store  # a directory path, or ConfigError
+
+            checkpoints = open_store(checkpoints)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.concurrency = concurrency
         self._store = checkpoints
@@ -83,6 +86,7 @@ class App:
         max_concurrency: int | None = None,
         timeout: float | None = None,
         retry_backoff: tuple[float, float, float] = DEFAULT_RETRY_BACKOFF,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
     ) -> Callable[[Handler], Handler]:
         """Attach a handler to ``source``; use as a decorator.
 
@@ -98,7 +102,11 @@ class App:
         - ``max_retries`` (-1 or 0..10000), ``max_record_age`` (-1 or 60..604800 s),
           ``bisect_on_error``, ``on_failure``, ``report_failures``, ``timeout``,
           ``retry_backoff=(initial, multiplier, cap)``: the failure policy.
-        - ``tumbling_window``: seconds 1..900 (windows issue).
+        - ``tumbling_window``: seconds 1..900: batches never span two epoch-aligned
+          windows; ``batch.window``/``batch.state`` carry the window and its state,
+          and a closing invocation (``batch.is_final``, no records) ends each window.
+          ``max_state_bytes`` (default 1 MiB) bounds the state: past it the window
+          is closed early (``batch.terminated_early``) and goes on with fresh state.
 
         A handler returns None on success and raises on failure; a failed batch
         is retried with back-off while its lane waits (other lanes and shards go on).
@@ -121,10 +129,10 @@ class App:
             tumbling_window=tumbling_window,
             timeout=timeout,
             retry_backoff=retry_backoff,
+            max_state_bytes=max_state_bytes,
         )
         if max_concurrency is not None:
             raise ConfigError("max_concurrency", max_concurrency, "None for stream consumers (queues only)")
-        _reject_unsupported(tumbling_window=options.tumbling_window is not None)
 
         def register(handler: Handler) -> Handler:
             if not callable(handler):
@@ -235,8 +243,3 @@ class App:
     def __repr__(self) -> str:
         return f"App(consumers={sorted(self._consumers)}, clock={self.clock!r})"
 
-
-def _reject_unsupported(**flags: bool) -> None:
-    for option, used in flags.items():
-        if used:
-            raise ConfigError(option, "set", "its default: this option is not supported yet")

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, str] = {
     "demo": "consume a generated clickstream through a sharded in-memory stream",
     "bench": "run the benchmark suite against its baselines and targets",
+    "checkpoints": "inspect a checkpoint directory: 'checkpoints show DIR'",
+    "log": "inspect a LocalLog directory: 'log info PATH [--checkpoints DIR]'",
 }
 
 
@@ -61,6 +63,22 @@ def _find_benches() -> None:
 
 
 RUNNERS: dict[str, Callable[[list[str]], int]] = {"demo": _demo, "bench": _bench}
+
+
+def _checkpoints(argv: list[str]) -> int:
+    from streamcore import durable_cli
+
+    return durable_cli.checkpoints_main(argv)
+
+
+def _log(argv: list[str]) -> int:
+    from streamcore import durable_cli
+
+    return durable_cli.log_main(argv)
+
+
+RUNNERS["checkpoints"] = _checkpoints
+RUNNERS["log"] = _log
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamcore._dispatch import INVOKE, ShardDispatcher
+from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.batch import Batch
 from streamcore.checkpoints import CheckpointStore, ShardProgress
 from streamcore.clock import Clock
@@ -24,6 +24,7 @@ from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, delive
 from streamcore.options import StreamOptions
 from streamcore.sources.memory import MemoryStream
 from streamcore.sources.shardlog import ShardLog
+from streamcore.windows import copy_state, decode_state, encode_state, window_bounds
 
 log = logging.getLogger("streamcore")
 
@@ -48,7 +49,7 @@ DELIVERY_RETRY_DELAY = 1.0
 class ShardState:
     """One shard as one consumer sees it."""
 
-    __slots__ = ("checkpoint", "dispatcher", "last_error", "log", "shard_id")
+    __slots__ = ("checkpoint", "dispatcher", "last_error", "log", "shard_id", "windows")
 
     def __init__(self, log: ShardLog, dispatcher: ShardDispatcher, checkpoint: int | None) -> None:
         self.shard_id = log.shard_id
@@ -57,6 +58,8 @@ class ShardState:
         self.checkpoint = checkpoint  # last reported checkpoint, None before any
         # Per lane: the last failure's message and whether it was an exception/timeout.
         self.last_error: dict[int, tuple[str | None, bool]] = {}
+        # Per lane: the committed state of its open tumbling window.
+        self.windows: dict[int, dict[str, Any]] = {}
 
 
 @dataclass(slots=True, eq=False)  # identity hash: works sit in a set while in flight
@@ -79,6 +82,9 @@ class Work:
     deadline: float = float("inf")  # clock time at which the invocation times out
     thread: int = 0  # ident of the worker thread running it
     timed_out: bool = False
+    window: int | None = None  # tumbling window index
+    state: dict[str, Any] | None = None  # this invocation's private copy of the window state
+    early: bool = False  # a closing invocation because the state outgrew its limit
 
 
 @dataclass(slots=True)
@@ -89,6 +95,7 @@ class Outcome:
     function_error: bool = False  # an exception or a timeout, rather than a bad response
     failed: list[int] = field(default_factory=list)  # partial response: failed seqs
     done: int = 0  # partial response: records before the lowest failed seq
+    state: dict[str, Any] | None = None  # tumbling windows: the state to commit
 
 
 class StreamConsumer:
@@ -128,10 +135,16 @@ class StreamConsumer:
                 options.max_retries,
                 options.max_record_age,
                 options.retry_backoff,
+                options.tumbling_window or 0.0,
             )
+            state = ShardState(log, dispatcher, checkpoint)
             if progress is not None and len(progress.lanes) == options.parallelization:
                 dispatcher.restore_lanes(progress.lanes)
-            self.shards[shard_id] = ShardState(log, dispatcher, checkpoint)
+                if progress.windows and options.tumbling_window:
+                    for lane, (window, window_state) in decode_state(progress.windows).items():
+                        dispatcher.restore_window(int(lane), window)
+                        state.windows[int(lane)] = window_state
+            self.shards[shard_id] = state
 
     def _start_seq(self, log: ShardLog, saved: int | None) -> int:
         opts = self.options
@@ -173,19 +186,27 @@ class StreamConsumer:
         if polled is None:
             return None
         lane, count, attempt, kind = polled
-        first, last, contiguous = dispatcher.batch_bounds(lane)
-        base = first
-        offsets = None
-        if not contiguous:
-            base = state.log.chunk_start(first)
-            offsets = dispatcher.batch_offsets(lane, base)
         self.in_flight += 1
-        work = Work(
-            self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
-            dispatcher.batch_arrivals(lane)[1], epoch,
-        )
-        if kind == INVOKE and self.options.timeout is not None:
-            work.deadline = now + self.options.timeout
+        if kind == FINAL:
+            work = Work(self, state, lane, 0, attempt, kind, -1, -1, True, 0, None, 0, epoch)
+        else:
+            first, last, contiguous = dispatcher.batch_bounds(lane)
+            base = first
+            offsets = None
+            if not contiguous:
+                base = state.log.chunk_start(first)
+                offsets = dispatcher.batch_offsets(lane, base)
+            work = Work(
+                self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
+                dispatcher.batch_arrivals(lane)[1], epoch,
+            )
+        if kind in (INVOKE, FINAL):
+            if self.options.timeout is not None:
+                work.deadline = now + self.options.timeout
+            if self.options.tumbling_window:
+                work.window = dispatcher.open_window(lane)
+                work.state = copy_state(state.windows.get(lane, {}))
+                work.early = kind == FINAL and dispatcher.lane_state(lane)["final_early"]
         return work
 
     def next_deadline(self) -> tuple[float, float]:
@@ -202,6 +223,8 @@ class StreamConsumer:
 
     def read(self, work: Work) -> pa.RecordBatch:
         log = work.shard.log
+        if work.kind == FINAL:
+            return log.empty()
         with self.stream._lock:
             if work.contiguous:
                 return log.read(work.first_seq, work.count)
@@ -214,8 +237,12 @@ class StreamConsumer:
             records = self.read(work)
         except Exception as exc:  # the log lost the records (retention): say so, retry later
             return Outcome(error=f"cannot read records: {exc!r}", function_error=True)
-        if work.kind != INVOKE:
+        if work.kind not in (INVOKE, FINAL):
             return self._discard(work, records)
+        window = None
+        if work.window is not None:
+            assert self.options.tumbling_window is not None
+            window = window_bounds(work.window, int(self.options.tumbling_window * 1000))
         batch = Batch(
             records,
             source=self.stream.name,
@@ -224,23 +251,38 @@ class StreamConsumer:
             first_seq=work.first_seq,
             last_seq=work.last_seq,
             attempt=work.attempt,
+            window=window,
+            state=work.state,
+            is_final=work.kind == FINAL,
+            terminated_early=work.early,
         )
         try:
             result = self.handler(batch)
         except BaseException as exc:  # a failing handler is an outcome, not a crash
             return Outcome(error=f"{type(exc).__name__}: {exc}", function_error=True)
+        state = None
+        if window is not None:
+            state = batch.state
+            if isinstance(result, dict) and "state" in result:
+                state = result["state"]
+            if not isinstance(state, dict):
+                return Outcome(error=f"invalid window state: {type(state).__name__}, expected a dict")
+            try:
+                encode_state(state)
+            except TypeError as exc:
+                return Outcome(error=f"invalid window state: {exc}")
         if not self.options.report_failures:
-            return Outcome()
+            return Outcome(state=state)
         seqs = records.column("seq")
         try:
             failed = failed_seqs(result, seqs)
         except InvalidResponse as exc:
             return Outcome(error=f"invalid batch response: {exc}")
         if not failed:
-            return Outcome()
+            return Outcome(state=state)
         lowest = min(failed)
         done = lowest - work.first_seq if work.contiguous else pc.index(seqs, lowest).as_py()
-        return Outcome(failed=failed, done=done)
+        return Outcome(failed=failed, done=done, state=state)
 
     def _discard(self, work: Work, records: pa.RecordBatch) -> Outcome:
         message, function_error = work.shard.last_error.get(work.lane, (None, False))
@@ -285,7 +327,7 @@ class StreamConsumer:
         state = work.shard
         dispatcher = state.dispatcher
         counters = self.counters
-        if work.kind != INVOKE:
+        if work.kind not in (INVOKE, FINAL):
             if outcome.error is not None:
                 dispatcher.defer(work.lane, now + DELIVERY_RETRY_DELAY)
                 return
@@ -296,12 +338,14 @@ class StreamConsumer:
         counters["invocations"] += 1
         self.iterator_age_ms = max(0, int(now * 1000) - work.last_arrival_ms)
         if outcome.error is None and not outcome.failed:
+            self._commit_window(work, outcome)
             dispatcher.complete(work.lane, now)
             counters["records_done"] += work.count
             self._checkpoint(state)
             return
         jitter = self.clock.random()
         if outcome.failed:
+            self._commit_window(work, outcome)
             state.last_error[work.lane] = (None, False)
             verdict = dispatcher.partial(work.lane, outcome.done, now, jitter)
             counters["records_done"] += outcome.done
@@ -316,6 +360,21 @@ class StreamConsumer:
         elif verdict == "split":
             counters["bisects"] += 1
 
+    def _commit_window(self, work: Work, outcome: Outcome) -> None:
+        if work.window is None:
+            return
+        windows = work.shard.windows
+        if work.kind == FINAL:
+            if work.early:
+                windows[work.lane] = {}  # the same window goes on with fresh state
+            else:
+                windows.pop(work.lane, None)
+            return
+        assert outcome.state is not None
+        windows[work.lane] = outcome.state
+        if len(encode_state(outcome.state)) > self.options.max_state_bytes:
+            work.shard.dispatcher.terminate_early(work.lane)
+
     def abandon(self, work: Work) -> None:
         """A stop without drain: the action goes back unchanged, to be done again."""
         self.in_flight -= 1
@@ -327,7 +386,12 @@ class StreamConsumer:
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
         # Lanes may have moved even when the shard checkpoint did not.
-        progress = ShardProgress(seq, dispatcher.lane_progress())
+        windows = None
+        if state.windows:
+            windows = encode_state(
+                {str(lane): [dispatcher.open_window(lane), s] for lane, s in state.windows.items()}
+            )
+        progress = ShardProgress(seq, dispatcher.lane_progress(), windows)
         self.store.save(self.name, {state.shard_id: progress})
         self.counters["checkpoints_written"] += 1
 

@@ -16,6 +16,7 @@ from streamcore.errors import ConfigError
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "AT_SEQUENCE")
 DEFAULT_MAX_BATCH_BYTES = 6 * 2**20
 DEFAULT_RETRY_BACKOFF = (0.5, 1.5, 60.0)
+DEFAULT_MAX_STATE_BYTES = 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class StreamOptions:
     tumbling_window: float | None = None
     timeout: float | None = None
     retry_backoff: tuple[float, float, float] = DEFAULT_RETRY_BACKOFF
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
 
 
 def _is_int(value: object) -> bool:
@@ -96,6 +98,7 @@ def stream_options(
     tumbling_window: float | None = None,
     timeout: float | None = None,
     retry_backoff: tuple[float, float, float] = DEFAULT_RETRY_BACKOFF,
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
 ) -> StreamOptions:
     """Validate stream-consumer options; raises ``ConfigError`` naming the first bad one."""
     size = 100 if batch_size is None else _int_in("batch_size", batch_size, 1, 10_000)
@@ -148,7 +151,10 @@ def stream_options(
         raise ConfigError(
             "retry_backoff", retry_backoff, "(initial >= 0, multiplier >= 1, cap >= initial) seconds"
         )
+    if not _is_int(max_state_bytes) or max_state_bytes < 1:
+        raise ConfigError("max_state_bytes", max_state_bytes, "an integer >= 1")
     return StreamOptions(
+        max_state_bytes=int(max_state_bytes),
         batch_size=size,
         batch_window=window,
         max_batch_bytes=int(max_batch_bytes),

@@ -55,7 +55,8 @@ class MemoryStream:
         starts = _partition.even_ranges(shards)
         ends = [*starts[1:], 1 << 64]
         self._logs: dict[int, ShardLog] = {
-            i: ShardLog(i, start, end) for i, (start, end) in enumerate(zip(starts, ends, strict=True))
+            i: self._new_log(i, start, end)
+            for i, (start, end) in enumerate(zip(starts, ends, strict=True))
         }
         self._open: list[int] = list(range(shards))  # open shards, in hash-range order
         self._listeners: list[PutListener] = []
@@ -130,7 +131,7 @@ class MemoryStream:
             hashes = hashes.take(order)
         payload = table.combine_chunks()
         starts = [log.next_seq for log in open_logs]
-        touched: list[int] = []
+        pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]] = []
         offset = 0
         for log, count in zip(open_logs, counts, strict=True):
             if not count:
@@ -145,9 +146,10 @@ class MemoryStream:
                 names.append(name)
                 columns.append(column.slice(offset, count).combine_chunks())
             records = pa.RecordBatch.from_arrays(columns, names=names)
-            log.append(records, hashes.slice(offset, count), _arrow.row_nbytes(records), arrival_ms)
-            touched.append(log.shard_id)
+            pending.append((log, records, hashes.slice(offset, count)))
             offset += count
+        self._store_locked(pending, arrival_ms)
+        touched = [log.shard_id for log, _, _ in pending]
         self._expire_locked(arrival_ms)
         listeners = list(self._listeners)
         shard_ids = pa.array([log.shard_id for log in open_logs], pa.int64())
@@ -159,6 +161,22 @@ class MemoryStream:
         )
         assert result.num_rows == n
         return result, touched, listeners
+
+    def _new_log(self, shard_id: int, start: int, end: int) -> ShardLog:
+        """The log of one shard (a hook: ``LocalLog`` returns one backed by segment files)."""
+        return ShardLog(shard_id, start, end)
+
+    def _store_locked(
+        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]], arrival_ms: int
+    ) -> None:
+        """Make one put's records visible: ``(log, records, hashes)`` per touched shard.
+
+        Called by ``put`` with ``self._lock`` held. A hook: ``LocalLog`` first writes
+        the records to disk (releasing the lock around the I/O; it serialises puts
+        itself) and appends them here only once they are durable.
+        """
+        for log, records, hashes in pending:
+            log.append(records, hashes, _arrow.row_nbytes(records), arrival_ms)
 
     def _expire_locked(self, now_ms: int) -> None:
         cutoff = now_ms - int(self.retention * 1000)

@@ -38,9 +38,11 @@ class ShardLog:
         self._starts: list[int] = []
         self.next_seq = 0  # seq the next appended record gets
         self.trim_seq = 0  # first seq still retained
+        self.schema = pa.schema([("seq", pa.uint64()), ("key", pa.binary()), ("arrival", pa.timestamp("ms", tz="UTC"))])
 
     def append(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
         chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms)
+        self.schema = records.schema
         self._chunks.append(chunk)
         self._starts.append(chunk.first_seq)
         self.next_seq = chunk.end_seq
@@ -72,6 +74,11 @@ class ShardLog:
             if remaining:
                 chunk = self._chunks[i]
         return pa.concat_batches(parts)
+
+    def empty(self) -> pa.RecordBatch:
+        """No records, with this shard's schema (what a closing window invocation gets)."""
+        schema = self._chunks[-1].records.schema if self._chunks else self.schema
+        return pa.RecordBatch.from_pylist([], schema=schema)
 
     def chunk_start(self, seq: int) -> int:
         """First seq of the chunk holding ``seq``."""

@@ -1,0 +1,47 @@
+"""Stubs for the native module ``streamcore._aggregate`` (keyed aggregation of Arrow columns)."""
+
+from typing import Final, final
+
+import pyarrow as pa
+
+WANT_SUM: Final[int]
+WANT_MEAN: Final[int]
+WANT_MIN: Final[int]
+WANT_MAX: Final[int]
+
+def floor_multiple(arr: pa.Array, size: int) -> pa.Array:
+    """``floor(value / size) * size`` of every element of an int64 or uint64 array."""
+
+@final
+class GroupTable:
+    """Per-group accumulators over an open-addressing hash table of group keys."""
+
+    def __init__(
+        self,
+        key_names: list[str],
+        key_types: list[pa.DataType],
+        value_names: list[str],
+        value_types: list[pa.DataType],
+        value_flags: list[int],
+    ) -> None: ...
+    def __len__(self) -> int: ...
+    def clear(self) -> None:
+        """Forget every group and release the memory."""
+
+    def update(self, key_arrays: list[pa.Array], value_arrays: list[pa.Array]) -> None:
+        """Fold rows: one equal-length array per key and value column."""
+
+    def input_types(self) -> list[pa.DataType]:
+        """The key column types, then the value column types."""
+
+    def state_schema(self) -> pa.Schema:
+        """The schema of ``state_columns``: names and types."""
+
+    def merge_state(self, columns: list[pa.Array]) -> None:
+        """Fold a partial state: one array per field of ``state_schema()``, in order."""
+
+    def state_columns(self) -> list[pa.Array]:
+        """The partial state as arrays, one per field of ``state_schema()``."""
+
+    def result_arrays(self) -> tuple[list[pa.Array], pa.Array, list[dict[str, pa.Array]]]:
+        """``(keys, count, aggregates)`` of every group, in order of first appearance."""

@@ -1,0 +1,85 @@
+# Layout of the keyed aggregator (see _aggregate.pyx for the algorithm).
+#
+# Groups are numbered 0, 1, 2, ... in order of first appearance. Every
+# per-group array below is indexed by that number and grows by doubling; the
+# open-addressing table maps a key hash to a group number.
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+
+
+cdef struct Input:
+    # One Arrow array of the batch being folded, read in place.
+    const uint8_t* values   # element 0 of the array (its offset applied); offsets for binary
+    const uint8_t* data     # the bytes of a binary/utf8 array, else NULL
+    const uint8_t* valid    # validity bitmap, or NULL when the array has no nulls
+    int64_t voff            # bit offset of element 0 in ``valid``
+
+
+cdef struct KeyCol:
+    int kind
+    bint any_null           # some group's key is null in this column (else `nulls` is all 0)
+    uint64_t* ints          # integer keys: the value, sign- or zero-extended to 64 bits
+    int64_t* offs           # binary keys: where group g's record is in the arena: an
+    uint8_t* arena          # int64 length, then the bytes (a null key has length 0)
+    int64_t arena_len
+    int64_t arena_cap
+    int64_t key_bytes       # total length of the keys in the arena
+    uint8_t* nulls          # 1 when the group's key is null in this column
+    Input inp
+
+
+cdef struct Slot:
+    # One entry of the open-addressing table. key0 lets a probe compare the first
+    # key column without touching per-group arrays: the integer itself, or the
+    # offset of the arena record (prefetched a few rows ahead).
+    uint64_t tag_gid        # 0 = empty, else (hash >> 32) << 32 | (group + 1)
+    uint64_t key0
+
+
+cdef struct ValCol:
+    int kind                # kind of the input column
+    int flags               # which accumulators exist (HAS_* in _aggregate.pyx)
+    int64_t* nulls          # null values folded (non-null values = count - nulls)
+    uint64_t* sum           # int64 / uint64 / double bits, by the kind's sum type
+    double* msum            # float sum for the mean of an integer column (as pyarrow)
+    uint64_t* mn            # min / max: int64, uint64 or double bits, by kind
+    uint64_t* mx
+    # Inputs: [0] values (update) or the state's non-null counts (merge), then its
+    # [1] sum, [2] msum, [3] min, [4] max columns (merge only).
+    Input inp[5]
+
+
+cdef class GroupTable:
+    cdef Py_ssize_t n_keys
+    cdef Py_ssize_t n_vals
+    cdef KeyCol* keys
+    cdef ValCol* vals
+    cdef int64_t n_groups
+    cdef int64_t group_cap
+    cdef int64_t* counts
+    cdef uint64_t* group_hash
+    cdef Slot* slots
+    cdef uint64_t slot_mask         # capacity - 1; capacity is a power of two
+    cdef uint64_t* scratch_hash
+    cdef int64_t* scratch_gid
+    cdef Input in_count
+    cdef list _key_names
+    cdef list _key_types
+    cdef list _value_names
+    cdef list _value_types
+    cdef list _value_flags
+    cdef list _key_fields
+    cdef list _value_fields
+    cdef object _lock
+
+    cdef void _free_groups(self) noexcept nogil
+    cdef int _reserve(self, int64_t groups) noexcept nogil
+    cdef int _rehash(self, uint64_t capacity) noexcept nogil
+    cdef int64_t _insert(self, int64_t row, uint64_t h, uint64_t* key0) noexcept nogil
+    cdef int _assign(self, int64_t start, int64_t m) noexcept nogil
+    cdef int _fold(self, int64_t n, bint merge) noexcept nogil
+    cdef int _bind_input(self, list arrays, list fields, Py_ssize_t at, int kind, Input* inp) except -1
+    cdef int _raise_for(self, int rc) except -1
+    cdef object _key_array(self, Py_ssize_t k)
+    cdef object _mean_array(self, ValCol* c)
+    cdef object _nonnull(self, ValCol* c)
