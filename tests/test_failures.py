@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -91,7 +92,7 @@ def test_retry_back_off_grows_on_the_clock() -> None:
         raise RuntimeError("always")
 
     app.run(until_idle=True)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     nominal = [1.0, 2.0, 4.0, 5.0]
     assert len(gaps) == 4
     for gap, base in zip(gaps, nominal, strict=True):

@@ -16,9 +16,9 @@
 
 from streamcore.app import App
 from streamcore.batch import Batch, BatchFailures, Window
-from streamcore.failures import FailedBatch
 from streamcore.checkpoints import CheckpointStore, MemoryCheckpoints
 from streamcore.clock import Clock, SystemClock, VirtualClock
+from streamcore.durable import DirectoryCheckpoints
 from streamcore.errors import (
     AppStateError,
     ConfigError,
@@ -26,8 +26,8 @@ from streamcore.errors import (
     InvalidRecordsError,
     StreamcoreError,
 )
+from streamcore.failures import FailedBatch
 from streamcore.sources import MemoryStream
-from streamcore.durable import DirectoryCheckpoints
 from streamcore.sources.locallog import LocalLog
 
 __version__ = "0.1.0"

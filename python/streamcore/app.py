@@ -46,7 +46,8 @@ class App:
         clock: Clock | None = None,
         concurrency: int = 64,
     ) -> None:
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 10_000:
+        valid = isinstance(concurrency, int) and not isinstance(concurrency, bool)
+        if not valid or not 1 <= concurrency <= 10_000:
             raise ConfigError("concurrency", concurrency, "an integer in 1..10000")
         if checkpoints is None:
             checkpoints = MemoryCheckpoints()

@@ -138,7 +138,8 @@ def stream_options(
         tumbling_window = _number_in("tumbling_window", tumbling_window, 1, 900)
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
         raise ConfigError("timeout", timeout, "None or seconds > 0")
-    if on_failure is not None and not (callable(on_failure) or hasattr(on_failure, "put") or hasattr(on_failure, "send")):
+    destination = callable(on_failure) or hasattr(on_failure, "put") or hasattr(on_failure, "send")
+    if on_failure is not None and not destination:
         raise ConfigError("on_failure", on_failure, "None, a callable, a MemoryStream or a MemoryQueue")
     if (
         not isinstance(retry_backoff, tuple)

@@ -72,7 +72,7 @@ def key_column(
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InvalidRecordsError(f"{what}s= mixes value types: {exc}") from None
     if key is None or key not in table.column_names:
-        if table.num_rows and table.column_names == ["data"] or table.column_names == ["body"]:
+        if (table.num_rows and table.column_names == ["data"]) or table.column_names == ["body"]:
             raise InvalidRecordsError(f"bytes payloads need {what}s=[...], one {what} per payload")
         raise InvalidRecordsError(
             f"{what} column {key!r} is missing; columns are {table.column_names}"

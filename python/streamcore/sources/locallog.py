@@ -61,6 +61,7 @@ from streamcore.durable import (
     atomic_write,
     fsync_dir,
     make_dir,
+    write_all,
 )
 from streamcore.errors import ConfigError
 from streamcore.sources.memory import MemoryStream
@@ -277,6 +278,7 @@ class SegmentLog(ShardLog):
         self.segments: list[Segment] = []
         self._writer: _Writer | None = None
         self._new_entry = False  # a file was created or removed: the directory needs a sync
+        self.last_schema: pa.Schema | None = None  # of the newest segment
         self.broken: str | None = None  # why the files are in an unknown state
         make_dir(folder, "shard directory")
         self._load()
@@ -296,13 +298,13 @@ class SegmentLog(ShardLog):
             following = found[i + 1][0] if i + 1 < len(found) else None
             self._load_segment(first, path, following, opening=i == 0)
 
-    def _load_segment(
-        self, first: int, path: Path, following: int | None, *, opening: bool
-    ) -> None:
+    def _load_segment(self, first: int, path: Path, following: int | None, *, opening: bool) -> None:
         scan = read_segment(path)
         if scan.foreign:
             raise CorruptFileError(f"{str(path)!r} is not an Arrow IPC stream", path)
         _check_schema(path, scan.schema)
+        if scan.schema is not None:
+            self.last_schema = scan.schema
         if opening:
             self.next_seq = self.trim_seq = first
         elif first != self.next_seq:
@@ -347,9 +349,7 @@ class SegmentLog(ShardLog):
         for batch in scan.batches:
             if batch.num_rows:
                 keys = batch.column(1)
-                self.append(
-                    batch, _hashing.hash_array(keys), _arrow.row_nbytes(batch), _arrival_ms(batch)
-                )
+                self.append(batch, _hashing.hash_array(keys), _arrow.row_nbytes(batch), _arrival_ms(batch))
         self.segments.append(Segment(first, path, end, scan.good_end))
 
     def _truncate(self, path: Path, size: int) -> None:
@@ -379,6 +379,7 @@ class SegmentLog(ShardLog):
             ):
                 writer = self._roll(records.schema)
             writer.write(records)
+            self.last_schema = records.schema
         except OSError as exc:
             path = writer.segment.path if writer is not None else self.folder
             msg = f"cannot write to {str(path)!r}: {exc.strerror or exc}"
@@ -419,9 +420,7 @@ class SegmentLog(ShardLog):
                 writer.close()
             self._sealed(writer.segment)
 
-    def publish(
-        self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int
-    ) -> None:
+    def publish(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
         """Make durable records visible (under the stream's lock)."""
         self.append(records, hashes, sizes, arrival_ms)
         assert self._writer is not None
@@ -440,9 +439,7 @@ class SegmentLog(ShardLog):
             segment = last
             segment.nbytes = 0
         else:
-            segment = Segment(
-                self.next_seq, self.folder / SEGMENT.format(self.next_seq), self.next_seq, 0
-            )
+            segment = Segment(self.next_seq, self.folder / SEGMENT.format(self.next_seq), self.next_seq, 0)
         self._writer = _Writer(segment, schema, reuse=reuse)
         if not reuse:
             self.segments.append(segment)
@@ -509,15 +506,16 @@ class SegmentLog(ShardLog):
                 # Keep an empty segment named next_seq, so a reopened log goes on from there.
                 if self._writer is not None:
                     self._seal()
-                marker = Segment(
-                    self.next_seq, self.folder / SEGMENT.format(self.next_seq), self.next_seq, 0
-                )
+                marker = Segment(self.next_seq, self.folder / SEGMENT.format(self.next_seq), self.next_seq, 0)
                 try:
-                    os.close(os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                    fd = os.open(marker.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    try:  # a stream of no batches: it keeps the schema too
+                        if self.last_schema is not None:
+                            marker.nbytes = write_all(fd, self.last_schema.serialize())
+                    finally:
+                        os.close(fd)
                 except OSError as exc:
-                    log.warning(
-                        "cannot create %r (%s); expired segments kept", str(marker.path), exc
-                    )
+                    log.warning("cannot create %r (%s); expired segments kept", str(marker.path), exc)
                     return
                 self.segments.append(marker)
             try:
@@ -579,15 +577,9 @@ class LocalLog(MemoryStream):
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise ConfigError("fsync", fsync, "'always', 'interval' or 'never'")
-        if (
-            not isinstance(segment_bytes, int)
-            or isinstance(segment_bytes, bool)
-            or segment_bytes < 1
-        ):
+        if not isinstance(segment_bytes, int) or isinstance(segment_bytes, bool) or segment_bytes < 1:
             raise ConfigError("segment_bytes", segment_bytes, "an integer >= 1")
-        if shards is not None and (
-            not isinstance(shards, int) or isinstance(shards, bool) or shards < 1
-        ):
+        if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 1):
             raise ConfigError("shards", shards, "None or an integer >= 1")
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError("name", name, "None or a non-empty string")
@@ -607,13 +599,12 @@ class LocalLog(MemoryStream):
         self._files_lock = FileLock(self.path / LOCK_NAME, f"the log {str(self.path)!r}")
         try:
             meta = self._open_meta(meta_path, shards, name)
-            super().__init__(
-                len(meta["shards"]), name=meta["name"], retention=retention, clock=clock
-            )
+            super().__init__(len(meta["shards"]), name=meta["name"], retention=retention, clock=clock)
             ranges = [(log.range_start, log.range_end) for log in self._logs.values()]
             stored = [(s["hash_start"], s["hash_end"]) for s in meta["shards"]]
             if ranges != stored:
                 raise CorruptFileError(f"{str(meta_path)!r}: unexpected hash ranges", meta_path)
+            self._restore_schema()
         except BaseException:
             self._files_lock.release()
             raise
@@ -628,9 +619,7 @@ class LocalLog(MemoryStream):
             try:
                 meta = json.loads(meta_path.read_text())
                 if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                    raise ValueError(
-                        f"format {meta.get('format')!r} version {meta.get('version')!r}"
-                    )
+                    raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
                 count = len(meta["shards"])
                 stored_name = meta["name"]
                 if not isinstance(stored_name, str) or not count:
@@ -666,6 +655,16 @@ class LocalLog(MemoryStream):
             msg = f"cannot write {str(meta_path)!r}: {exc.strerror or exc}"
             raise StorageError(msg, meta_path) from exc
         return meta
+
+    def _restore_schema(self) -> None:
+        """Fix the stream's schema from the segments, as the first put fixed it before."""
+        for shard_log in self._segment_logs():
+            schema = shard_log.last_schema
+            if schema is not None:
+                self._key_type = schema.field("key").type
+                payload = [f.remove_metadata() for f in list(schema)[len(SYSTEM_FIELDS) :]]
+                self._payload_schema = pa.schema(payload)
+                return
 
     def _new_log(self, shard_id: int, start: int, end: int) -> ShardLog:
         folder = self.path / SHARD_DIR.format(shard_id)
@@ -719,9 +718,7 @@ class LocalLog(MemoryStream):
                 shard_log.rollback()
             raise
         if self.fsync == "interval" and self._syncer is None:
-            self._syncer = threading.Thread(
-                target=self._sync_loop, name="streamcore-fsync", daemon=True
-            )
+            self._syncer = threading.Thread(target=self._sync_loop, name="streamcore-fsync", daemon=True)
             self._syncer.start()
 
     def _sync_loop(self) -> None:
@@ -763,8 +760,7 @@ class LocalLog(MemoryStream):
 
     def __repr__(self) -> str:
         return (
-            f"LocalLog({str(self.path)!r}, name={self.name!r}, shards={len(self._open)}, "
-            f"records={len(self)})"
+            f"LocalLog({str(self.path)!r}, name={self.name!r}, shards={len(self._open)}, records={len(self)})"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +46,7 @@ class MemoryStream:
     ) -> None:
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
             raise ConfigError("shards", shards, "an integer >= 1")
-        if not isinstance(retention, (int, float)) or retention <= 0:
+        if not isinstance(retention, (int, float)) or not math.isfinite(retention) or retention <= 0:
             raise ConfigError("retention", retention, "seconds > 0")
         self.name = name
         self.retention = float(retention)
@@ -61,6 +62,9 @@ class MemoryStream:
         self._open: list[int] = list(range(shards))  # open shards, in hash-range order
         self._listeners: list[PutListener] = []
         self._closed = False
+        # Fixed by the first put: every record of a stream has one schema.
+        self._key_type: pa.DataType | None = None
+        self._payload_schema: pa.Schema | None = None
 
     # -- configuration ---------------------------------------------------------
 
@@ -106,10 +110,7 @@ class MemoryStream:
         check_reserved(table, key if keys is None else None)
         keys_col = key_column(table, key, keys)
         hashes = _hashing.hash_array(keys_col)  # raises on null or unsupported keys
-        if keys_col.num_chunks != 1:
-            keys_col = keys_col.combine_chunks()
-        else:
-            keys_col = keys_col.chunk(0)
+        keys_col = keys_col.chunk(0) if keys_col.num_chunks == 1 else keys_col.combine_chunks()
         if keys is None and key == "key":
             table = table.drop_columns(["key"])
         with self._lock:
@@ -121,6 +122,7 @@ class MemoryStream:
     def _append(
         self, table: pa.Table, keys: pa.Array, hashes: pa.Array
     ) -> tuple[pa.Table, list[int], list[PutListener]]:
+        table = self._conform(table, keys.type)
         arrival_ms = int(self.clock.now() * 1000)
         open_logs = [self._logs[s] for s in self._open]
         owner, order, counts = _partition.partition(hashes, [log.range_start for log in open_logs])
@@ -177,6 +179,36 @@ class MemoryStream:
         """
         for log, records, hashes in pending:
             log.append(records, hashes, _arrow.row_nbytes(records), arrival_ms)
+
+    def _conform(self, table: pa.Table, key_type: pa.DataType) -> pa.Table:
+        """Check a put against the stream's schema (set by the first put); reorder columns."""
+        schema = pa.schema([f.remove_metadata() for f in table.schema]).remove_metadata()
+        if self._payload_schema is None or self._key_type is None:
+            self._payload_schema, self._key_type = schema, key_type
+            return table
+        if key_type != self._key_type:
+            raise InvalidRecordsError(
+                f"key type {key_type} differs from this stream's key type {self._key_type}"
+            )
+        if schema.equals(self._payload_schema):
+            return table
+        expected = {f.name: f.type for f in self._payload_schema}
+        got = {f.name: f.type for f in schema}
+        if expected == got:
+            return table.select(self._payload_schema.names)
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        changed = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
+        details = []
+        if missing:
+            details.append(f"missing columns {missing}")
+        if extra:
+            details.append(f"unexpected columns {extra}")
+        for name in changed:
+            details.append(f"column {name!r} is {got[name]}, expected {expected[name]}")
+        raise InvalidRecordsError(
+            "records do not match this stream's schema: " + "; ".join(details)
+        )
 
     def _expire_locked(self, now_ms: int) -> None:
         cutoff = now_ms - int(self.retention * 1000)

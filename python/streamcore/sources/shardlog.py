@@ -38,7 +38,9 @@ class ShardLog:
         self._starts: list[int] = []
         self.next_seq = 0  # seq the next appended record gets
         self.trim_seq = 0  # first seq still retained
-        self.schema = pa.schema([("seq", pa.uint64()), ("key", pa.binary()), ("arrival", pa.timestamp("ms", tz="UTC"))])
+        self.schema = pa.schema(
+            [("seq", pa.uint64()), ("key", pa.binary()), ("arrival", pa.timestamp("ms", tz="UTC"))]
+        )
 
     def append(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
         chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms)

@@ -1,0 +1,80 @@
+"""Partitioning string keys: the native path of ``MemoryStream.put`` vs a Python loop over xxhash.
+
+Native: ``_hashing.hash_array`` (XXH64 of every key, GIL released) then
+``_partition.partition`` (shard by hash range, stable counting sort), exactly
+what ``MemoryStream.put`` runs. Baseline: a Python loop that hashes each key
+with ``xxhash.xxh64_intdigest(s.encode())``, picks its shard from the same
+hash ranges and appends the row index to that shard's list. Both produce the
+same grouping; the workload checks that before timing.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+import xxhash
+
+from streamcore import _hashing, _partition
+from streamcore.benches.common import SHARDS, best_seconds, result, target, user_keys
+
+KEYS = 2_000_000
+QUICK_KEYS = 200_000
+REPEAT = 3
+TARGET_RATIO = 30.0
+TARGET_NATIVE_KEYS_PER_S = 40e6
+
+
+def python_partition(keys: list[str], starts: list[int]) -> list[list[int]]:
+    """Row indices per shard, in arrival order: one xxhash call and one append per key."""
+    digest = xxhash.xxh64_intdigest
+    shards: list[list[int]] = [[] for _ in starts]
+    for i, key in enumerate(keys):
+        shards[bisect_right(starts, digest(key.encode())) - 1].append(i)
+    return shards
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n = QUICK_KEYS if quick else KEYS
+    keys = user_keys(n)
+    py_keys = keys.to_pylist()
+    starts = _partition.even_ranges(SHARDS)
+
+    def native() -> tuple[Any, Any, list[int]]:
+        return _partition.partition(_hashing.hash_array(keys), starts)
+
+    def baseline() -> object:
+        return python_partition(py_keys, starts)
+
+    _, order, counts = native()  # also warms up
+    expected = python_partition(py_keys, starts)
+    if counts != [len(rows) for rows in expected] or order.to_pylist() != [
+        i for rows in expected for i in rows
+    ]:
+        raise AssertionError("native partition disagrees with the xxhash loop")
+
+    native_s = best_seconds(native, REPEAT)
+    baseline_s = best_seconds(baseline, REPEAT)
+    native_rate = n / native_s
+    baseline_rate = n / baseline_s
+    ratio = native_rate / baseline_rate
+    return result(
+        "partition",
+        description=f"XXH64 + shard by hash range + stable sort, {n:,} utf8 keys, {SHARDS} shards",
+        unit="keys/s",
+        throughput=native_rate,
+        baseline=baseline_rate,
+        baseline_description="Python loop: xxh64_intdigest(s.encode()), bisect, list.append",
+        targets=[
+            target("ratio", ratio, ">=", TARGET_RATIO, "x"),
+            target("native keys/s", native_rate, ">=", TARGET_NATIVE_KEYS_PER_S, "keys/s"),
+        ],
+        figures={
+            "keys": n,
+            "native_seconds": native_s,
+            "baseline_seconds": baseline_s,
+            "native_ns_per_key": native_s / n * 1e9,
+            "baseline_ns_per_key": baseline_s / n * 1e9,
+        },
+        params={"keys": n, "shards": SHARDS, "repeat": REPEAT, "quick": quick},
+    )
