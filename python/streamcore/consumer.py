@@ -49,10 +49,11 @@ DELIVERY_RETRY_DELAY = 1.0
 class ShardState:
     """One shard as one consumer sees it."""
 
-    __slots__ = ("checkpoint", "dispatcher", "last_error", "log", "shard_id", "windows")
+    __slots__ = ("checkpoint", "dispatcher", "key", "last_error", "log", "shard_id", "windows")
 
     def __init__(self, log: ShardLog, dispatcher: ShardDispatcher, checkpoint: int | None) -> None:
         self.shard_id = log.shard_id
+        self.key = log.shard_id  # the scheduler's unit key
         self.log = log
         self.dispatcher = dispatcher
         self.checkpoint = checkpoint  # last reported checkpoint, None before any
@@ -67,7 +68,7 @@ class Work:
     """One action handed from the scheduler to a worker: an invocation or a discard."""
 
     consumer: StreamConsumer
-    shard: ShardState
+    unit: ShardState  # the shard
     lane: int
     count: int
     attempt: int
@@ -113,6 +114,7 @@ class StreamConsumer:
         self.name = name
         self.handler = handler
         self.stream = stream
+        self.source = stream
         self.options = options
         self.store = store
         self.clock = clock
@@ -162,6 +164,12 @@ class StreamConsumer:
         return max(start, log.trim_seq)
 
     # -- scheduling (under the App lock) ----------------------------------------
+
+    def units(self) -> list[ShardState]:
+        return list(self.shards.values())
+
+    def workers_wanted(self) -> int:
+        return self.options.parallelization * len(self.shards)
 
     def _ingest(self, state: ShardState) -> None:
         dispatcher = state.dispatcher
@@ -222,7 +230,7 @@ class StreamConsumer:
     # -- invocation (outside the App lock) -------------------------------------
 
     def read(self, work: Work) -> pa.RecordBatch:
-        log = work.shard.log
+        log = work.unit.log
         if work.kind == FINAL:
             return log.empty()
         with self.stream._lock:
@@ -246,7 +254,7 @@ class StreamConsumer:
         batch = Batch(
             records,
             source=self.stream.name,
-            shard=work.shard.shard_id,
+            shard=work.unit.shard_id,
             lane=work.lane,
             first_seq=work.first_seq,
             last_seq=work.last_seq,
@@ -285,12 +293,12 @@ class StreamConsumer:
         return Outcome(failed=failed, done=done, state=state)
 
     def _discard(self, work: Work, records: pa.RecordBatch) -> Outcome:
-        message, function_error = work.shard.last_error.get(work.lane, (None, False))
+        message, function_error = work.unit.last_error.get(work.lane, (None, False))
         arrivals = records.column("arrival")
         failed = FailedBatch(
             consumer=self.name,
             source=self.stream.name,
-            shard=work.shard.shard_id,
+            shard=work.unit.shard_id,
             first_seq=work.first_seq,
             last_seq=work.last_seq,
             size=work.count,
@@ -324,7 +332,7 @@ class StreamConsumer:
     def finish(self, work: Work, outcome: Outcome) -> None:
         self.in_flight -= 1
         now = self.clock.now()
-        state = work.shard
+        state = work.unit
         dispatcher = state.dispatcher
         counters = self.counters
         if work.kind not in (INVOKE, FINAL):
@@ -363,7 +371,7 @@ class StreamConsumer:
     def _commit_window(self, work: Work, outcome: Outcome) -> None:
         if work.window is None:
             return
-        windows = work.shard.windows
+        windows = work.unit.windows
         if work.kind == FINAL:
             if work.early:
                 windows[work.lane] = {}  # the same window goes on with fresh state
@@ -373,12 +381,12 @@ class StreamConsumer:
         assert outcome.state is not None
         windows[work.lane] = outcome.state
         if len(encode_state(outcome.state)) > self.options.max_state_bytes:
-            work.shard.dispatcher.terminate_early(work.lane)
+            work.unit.dispatcher.terminate_early(work.lane)
 
     def abandon(self, work: Work) -> None:
         """A stop without drain: the action goes back unchanged, to be done again."""
         self.in_flight -= 1
-        work.shard.dispatcher.release(work.lane)
+        work.unit.dispatcher.release(work.lane)
 
     def _checkpoint(self, state: ShardState) -> None:
         dispatcher = state.dispatcher

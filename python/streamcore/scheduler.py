@@ -1,8 +1,11 @@
 """The scheduler: which batch runs next, on which worker, and when time moves.
 
-Shards with possibly-ready work sit in a FIFO ``ready`` queue (each at most
-once). Workers pull from it under one lock, run the handler without the lock,
-and report the outcome. The thread that called ``App.run`` is the
+It runs any consumer that follows the ``Consumer`` protocol below (stream
+consumers, queue consumers). A consumer splits its work into *units* (a
+stream consumer's shards; a queue consumer's single queue) that each hand out
+zero or more ready actions at a time. Units with possibly-ready work sit in a
+FIFO ``ready`` queue (each at most once). Workers pull from it under one
+lock, run the handler without the lock, and report the outcome. The thread that called ``App.run`` is the
 coordinator: it owns time. When nothing can run now it finds the next timer
 (a batching window, a retry back-off, a sleeping handler) and either waits
 for it (system clock) or jumps the virtual clock straight to it.
@@ -12,11 +15,44 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any, Protocol
 
 from streamcore.clock import Clock, VirtualClock
-from streamcore.consumer import ShardState, StreamConsumer, Work
 from streamcore.errors import AppStateError
 from streamcore.executor import ThreadExecutor
+
+
+class Unit(Protocol):
+    key: Any  # hashable, unique within its consumer
+
+
+class Work(Protocol):
+    """One action (an invocation or a discard) handed to a worker."""
+
+    consumer: Consumer
+    unit: Any
+    epoch: int  # the scheduler's epoch when it was handed out
+    deadline: float  # clock time at which an invocation times out (inf: never)
+    thread: int  # set by the worker: ident of the thread running it
+    timed_out: bool
+
+
+class Consumer(Protocol):
+    """What the scheduler needs of a consumer. Every method except ``invoke`` is
+    called with the scheduler's lock held and must not block."""
+
+    source: Any  # the source whose puts/sends wake this consumer
+    counters: dict[str, int]
+
+    def units(self) -> list[Any]: ...
+    def workers_wanted(self) -> int: ...
+    def next_work(self, unit: Any, epoch: int) -> Any: ...  # a Work, or None
+    def invoke(self, work: Any) -> Any: ...  # runs without the lock; never raises
+    def finish(self, work: Any, outcome: Any) -> None: ...
+    def timeout(self, work: Any) -> None: ...
+    def abandon(self, work: Any) -> None: ...
+    def next_deadline(self) -> tuple[float, float]: ...  # (due, upcoming); see _dispatch
+
 
 # Real seconds the coordinator waits between re-checks when it expects a notify
 # anyway; only a safety net, so a missed wake-up costs this much and no more.
@@ -32,10 +68,10 @@ class Scheduler:
         self.lock = threading.Lock()
         self.work_cond = threading.Condition(self.lock)  # workers wait here
         self.state_cond = threading.Condition(self.lock)  # the coordinator waits here
-        self.consumers: list[StreamConsumer] = []
-        self._ready: deque[tuple[StreamConsumer, ShardState]] = deque()
-        self._queued: set[tuple[int, int]] = set()
-        self._in_flight: set[Work] = set()
+        self.consumers: list[Consumer] = []
+        self._ready: deque[tuple[Consumer, Any]] = deque()
+        self._queued: set[tuple[int, Any]] = set()
+        self._in_flight: set[Any] = set()
         self._idle_workers = 0
         self._workers_wanted = 0
         self._stuck = 0  # workers still running an invocation that timed out
@@ -50,49 +86,51 @@ class Scheduler:
 
     # -- bookkeeping (under the lock) ------------------------------------------
 
-    def add_consumer(self, consumer: StreamConsumer) -> None:
+    def add_consumer(self, consumer: Consumer) -> None:
         with self.lock:
             self.consumers.append(consumer)
-            lanes = sum(c.options.parallelization * len(c.shards) for c in self.consumers)
-            self._workers_wanted = max(1, min(self.concurrency, lanes))
-            for state in consumer.shards.values():
-                self._mark(consumer, state)
+            wanted = sum(c.workers_wanted() for c in self.consumers)
+            self._workers_wanted = max(1, min(self.concurrency, wanted))
+            for unit in consumer.units():
+                self._mark(consumer, unit)
+            if self.running:
+                self._executor.ensure(self._workers_wanted + self._stuck)
 
-    def _mark(self, consumer: StreamConsumer, state: ShardState) -> None:
-        key = (id(consumer), state.shard_id)
+    def _mark(self, consumer: Consumer, unit: Any) -> None:
+        key = (id(consumer), unit.key)
         if key not in self._queued:
             self._queued.add(key)
-            self._ready.append((consumer, state))
+            self._ready.append((consumer, unit))
         if self.running and self._idle_workers:
             self.work_cond.notify()
 
-    def on_put(self, stream: object, shard_ids: list[int]) -> None:
-        """A source got new records on ``shard_ids`` (called by the source, outside its lock)."""
+    def on_put(self, source: object, unit_keys: list[Any]) -> None:
+        """A source got new records for the units ``unit_keys`` (called outside its lock)."""
         with self.lock:
             for consumer in self.consumers:
-                if consumer.stream is stream:
-                    for shard_id in shard_ids:
-                        state = consumer.shards.get(shard_id)
-                        if state is not None:
-                            self._mark(consumer, state)
+                if consumer.source is source:
+                    wanted = set(unit_keys)
+                    for unit in consumer.units():
+                        if unit.key in wanted:
+                            self._mark(consumer, unit)
             self.state_cond.notify()
 
     def _wake_coordinator(self) -> None:
         with self.lock:
             self.state_cond.notify()
 
-    def _take_work(self) -> Work | None:
+    def _take_work(self) -> Any:
         ready = self._ready
         while ready:
-            consumer, state = ready[0]
-            work = consumer.next_work(state, self._epoch)
+            consumer, unit = ready[0]
+            work = consumer.next_work(unit, self._epoch)
             if work is not None:
                 ready.rotate(-1)  # the shard may have more ready lanes; others go first
                 if len(self._in_flight) + 1 >= self.concurrency and len(ready) > 1:
                     consumer.counters["throttles"] += 1
                 return work
             ready.popleft()
-            self._queued.discard((id(consumer), state.shard_id))
+            self._queued.discard((id(consumer), unit.key))
         return None
 
     # -- workers ---------------------------------------------------------------
@@ -122,7 +160,7 @@ class Scheduler:
                 self._in_flight.discard(work)
                 if work.epoch == self._epoch:
                     work.consumer.finish(work, outcome)
-                    self._mark(work.consumer, work.shard)
+                    self._mark(work.consumer, work.unit)
                 if not self._in_flight:
                     self.state_cond.notify()
 
@@ -204,8 +242,8 @@ class Scheduler:
 
     def _mark_all(self) -> None:
         for consumer in self.consumers:
-            for state in consumer.shards.values():
-                self._mark(consumer, state)
+            for unit in consumer.units():
+                self._mark(consumer, unit)
 
     def _expire_timeouts(self) -> None:
         now = self.clock.now()
@@ -213,7 +251,7 @@ class Scheduler:
         for work in expired:
             self._in_flight.discard(work)
             work.consumer.timeout(work)
-            self._mark(work.consumer, work.shard)
+            self._mark(work.consumer, work.unit)
             self._stuck += 1
         if expired:  # keep the pool's capacity while stuck workers finish
             self._executor.ensure(self._workers_wanted + self._stuck)
