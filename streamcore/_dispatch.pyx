@@ -79,12 +79,18 @@ cdef class ShardDispatcher:
     Not thread-safe: the caller serialises every call (the App holds its lock).
     """
 
-    def __cinit__(self, Py_ssize_t n_lanes, Py_ssize_t batch_size, int64_t max_batch_bytes,
+    def __cinit__(self, *args, **kwargs):
+        self.lanes = NULL  # so __dealloc__ is safe whatever __init__ does
+        self.n_lanes = 0
+
+    def __init__(self, Py_ssize_t n_lanes, Py_ssize_t batch_size, int64_t max_batch_bytes,
                   double batch_window, uint64_t start_seq, bint bisect=False,
                   int64_t max_retries=-1, double max_record_age=-1, tuple backoff=(0.5, 1.5, 60.0),
                   double tumbling_window=0):
         if n_lanes < 1 or batch_size < 1 or max_batch_bytes < 1 or batch_window < 0:
             raise ValueError("n_lanes, batch_size and max_batch_bytes must be >= 1, batch_window >= 0")
+        if self.lanes != NULL:
+            raise TypeError("ShardDispatcher is initialised once")
         self.lanes = <Lane*>malloc(n_lanes * sizeof(Lane))
         if self.lanes == NULL:
             raise MemoryError()

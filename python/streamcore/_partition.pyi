@@ -1,0 +1,11 @@
+"""Stubs for the native module ``streamcore._partition`` (hash-range sharding)."""
+
+import pyarrow as pa
+
+def even_ranges(n_shards: int) -> list[int]:
+    """Range starts ``floor(i * 2**64 / n)`` of ``n`` equal shards."""
+
+def partition(
+    hashes: pa.UInt64Array, starts: list[int]
+) -> tuple[pa.Int32Array, pa.Int64Array, list[int]]:
+    """``(owner range per row, stable permutation grouped by range, rows per range)``."""
