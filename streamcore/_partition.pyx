@@ -24,15 +24,15 @@ def even_ranges(object n_shards):
     return [(i << 64) // n_shards for i in range(n_shards)]
 
 
-cdef inline Py_ssize_t _owner(const uint64_t* starts, Py_ssize_t n, uint64_t h) noexcept nogil:
-    # Largest i with starts[i] <= h; starts[0] == 0, so one always exists.
-    cdef Py_ssize_t lo = 0, hi = n, mid
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if starts[mid] <= h:
-            lo = mid
-        else:
-            hi = mid
+cdef inline Py_ssize_t _owner(const uint64_t* starts, Py_ssize_t padded, uint64_t h) noexcept nogil:
+    # Largest i with starts[i] <= h, by a branch-free binary search over a table
+    # padded to a power of two with UINT64_MAX (random hashes defeat branch
+    # prediction). The caller clamps the result to the real range count.
+    cdef Py_ssize_t lo = 0, step = padded >> 1
+    while step:
+        if starts[lo + step] <= h:
+            lo += step
+        step >>= 1
     return lo
 
 
@@ -59,15 +59,19 @@ def partition(hashes, starts):
         raise ValueError("starts must be ascending and begin at 0")
     if hashes.null_count:
         raise ValueError("hashes must not contain nulls")
-    cdef uint64_t* c_starts = <uint64_t*>malloc(n_ranges * sizeof(uint64_t))
+    cdef Py_ssize_t padded = 1
+    while padded < n_ranges:
+        padded <<= 1
+    cdef uint64_t* c_starts = <uint64_t*>malloc(padded * sizeof(uint64_t))
     cdef int64_t* c_pos = <int64_t*>malloc((n_ranges + 1) * sizeof(int64_t))
     if c_starts == NULL or c_pos == NULL:
         free(c_starts)
         free(c_pos)
         raise MemoryError()
     cdef Py_ssize_t i
+    for i in range(padded):
+        c_starts[i] = starts[i] if i < n_ranges else 0xFFFFFFFFFFFFFFFF
     for i in range(n_ranges):
-        c_starts[i] = starts[i]
         c_pos[i] = 0
     c_pos[n_ranges] = 0
 
@@ -84,7 +88,9 @@ def partition(hashes, starts):
     cdef int64_t total = 0, c
     with nogil:
         for i in range(n):
-            s = _owner(c_starts, n_ranges, h[i])
+            s = _owner(c_starts, padded, h[i])
+            if s >= n_ranges:  # only h == UINT64_MAX reaches the padding
+                s = n_ranges - 1
             owner[i] = <int32_t>s
             c_pos[s] += 1
         for i in range(n_ranges):  # counts -> start offset of each range
