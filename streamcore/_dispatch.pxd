@@ -58,7 +58,7 @@ cdef class ShardDispatcher:
     cdef readonly int64_t in_flight
     cdef Py_ssize_t rr
 
-    cdef int _push(self, Lane* lane, uint64_t seq, int64_t arrival_ms, uint32_t nbytes) except -1 nogil
+    cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
     cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil
     cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil

@@ -142,41 +142,41 @@ cdef class ShardDispatcher:
 
     # -- reading ---------------------------------------------------------------
 
-    cdef int _push(self, Lane* lane, uint64_t seq, int64_t arrival_ms, uint32_t nbytes) except -1 nogil:
-        cdef Py_ssize_t live, new_cap
+    cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil:
+        # Room for ``extra`` more entries at the tail: reuse the space of done
+        # records first, grow (to at least double) only when that is not enough.
+        cdef Py_ssize_t live = lane.tail - lane.head, new_cap
         cdef Entry* grown
-        if lane.tail == lane.cap:
-            live = lane.tail - lane.head
-            if lane.head > 0 and live <= lane.cap // 2:
-                # Reuse the space of done records before growing.
-                memmove(lane.buf, lane.buf + lane.head, live * sizeof(Entry))
-            else:
-                new_cap = lane.cap * 2 if lane.cap else 256
-                grown = <Entry*>realloc(lane.buf, new_cap * sizeof(Entry))
-                if grown == NULL:
-                    with gil:
-                        raise MemoryError()
-                lane.buf = grown
-                lane.cap = new_cap
-                if lane.head > 0:
-                    memmove(lane.buf, lane.buf + lane.head, live * sizeof(Entry))
+        if lane.tail + extra <= lane.cap:
+            return 0
+        if live + extra > lane.cap:
+            new_cap = lane.cap * 2 if lane.cap else 256
+            if new_cap < live + extra:
+                new_cap = live + extra
+            grown = <Entry*>realloc(lane.buf, new_cap * sizeof(Entry))
+            if grown == NULL:
+                with gil:
+                    raise MemoryError()
+            lane.buf = grown
+            lane.cap = new_cap
+        if lane.head:
+            memmove(lane.buf, lane.buf + lane.head, live * sizeof(Entry))
             lane.head = 0
             lane.tail = live
-        lane.buf[lane.tail].seq = seq
-        lane.buf[lane.tail].arrival_ms = arrival_ms
-        lane.buf[lane.tail].nbytes = nbytes
-        lane.tail += 1
         return 0
 
     def ingest(self, uint64_t first_seq, hashes, sizes, int64_t arrival_ms, Py_ssize_t start,
-               double now):
-        """Read records ``first_seq + start ..`` of one log chunk into the lanes.
+               double now, Py_ssize_t stop=-1):
+        """Read records ``first_seq + start .. first_seq + stop - 1`` of one log chunk
+        into the lanes (``stop`` -1: to the chunk's end).
 
         ``hashes`` (uint64) and ``sizes`` (uint32) describe the chunk's records;
         the chunk's records all arrived at ``arrival_ms``. Records must be read
         in seq order without gaps: ``first_seq + start`` must be ``next_read``.
         """
         cdef Py_ssize_t n = len(hashes)
+        if 0 <= stop < n:
+            n = stop
         if first_seq + start != self.next_read:
             raise ValueError(f"ingest at seq {first_seq + start}, expected {self.next_read}")
         if start >= n:
@@ -186,17 +186,41 @@ cdef class ShardDispatcher:
         cdef Py_ssize_t hash_off = hashes.offset, size_off = sizes.offset
         cdef const uint64_t* h = (<const uint64_t*>buffer_address(hash_buf)) + hash_off
         cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + size_off
-        cdef Py_ssize_t i, n_lanes = self.n_lanes
+        cdef Py_ssize_t i, k, n_lanes = self.n_lanes
         cdef Lane* lane
-        with nogil:
-            for i in range(start, n):
-                lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
-                if <int64_t>(first_seq + <uint64_t>i) <= lane.skip_through:
-                    lane.done_seq = <int64_t>(first_seq + <uint64_t>i)
-                    continue  # done by an earlier run of this consumer
-                if lane.head == lane.tail:
-                    lane.pending_since = now
-                self._push(lane, first_seq + <uint64_t>i, arrival_ms, sz[i])
+        cdef Entry* entry
+        cdef uint64_t seq
+        cdef Py_ssize_t* need = <Py_ssize_t*>malloc(n_lanes * sizeof(Py_ssize_t))
+        if need == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                # Count first, so that each lane grows at most once per chunk.
+                if n_lanes == 1:
+                    need[0] = n - start
+                else:
+                    for k in range(n_lanes):
+                        need[k] = 0
+                    for i in range(start, n):
+                        need[h[i] % <uint64_t>n_lanes] += 1
+                for k in range(n_lanes):
+                    if need[k]:
+                        self._reserve(&self.lanes[k], need[k])
+                for i in range(start, n):
+                    lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
+                    seq = first_seq + <uint64_t>i
+                    if <int64_t>seq <= lane.skip_through:
+                        lane.done_seq = <int64_t>seq
+                        continue  # done by an earlier run of this consumer
+                    if lane.head == lane.tail:
+                        lane.pending_since = now
+                    entry = &lane.buf[lane.tail]
+                    entry.seq = seq
+                    entry.arrival_ms = arrival_ms
+                    entry.nbytes = sz[i]
+                    lane.tail += 1
+        finally:
+            free(need)
         self.next_read = first_seq + <uint64_t>n
 
     def restore_lanes(self, lane_done):

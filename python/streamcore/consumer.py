@@ -121,6 +121,13 @@ class StreamConsumer:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.iterator_age_ms = 0
         self.in_flight = 0
+        # Records read ahead of the oldest one not done, per shard. One lane only
+        # ever needs the next few batches; with several lanes a lane blocked by a
+        # failing batch must not stop the others, so they may read much further.
+        if options.parallelization == 1:
+            self.read_ahead = 4 * options.batch_size
+        else:
+            self.read_ahead = max(64 * options.batch_size, 1 << 20)
         saved = store.load(name)
         self.shards: dict[int, ShardState] = {}
         for shard_id in stream.shard_ids:
@@ -176,13 +183,22 @@ class StreamConsumer:
         log = state.log
         if log.next_seq <= dispatcher.next_read:
             return
+        room = self.read_ahead - dispatcher.pending()
+        if room <= 0:
+            return
         now = self.clock.now()
         before = dispatcher.next_read
         with self.stream._lock:
             if dispatcher.next_read < log.trim_seq:
                 dispatcher.skip_to(log.trim_seq)
             for chunk, start in log.chunks_from(dispatcher.next_read):
-                dispatcher.ingest(chunk.first_seq, chunk.hashes, chunk.sizes, chunk.arrival_ms, start, now)
+                stop = min(chunk.records.num_rows, start + room)
+                dispatcher.ingest(
+                    chunk.first_seq, chunk.hashes, chunk.sizes, chunk.arrival_ms, start, now, stop
+                )
+                room -= stop - start
+                if room <= 0:
+                    break
         self.counters["records_in"] += dispatcher.next_read - before
 
     def next_work(self, state: ShardState, epoch: int) -> Work | None:
