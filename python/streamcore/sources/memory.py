@@ -114,40 +114,45 @@ class MemoryStream:
         if keys is None and key == "key":
             table = table.drop_columns(["key"])
         with self._lock:
-            result, touched, listeners = self._append(table, keys_col, hashes)
+            key_name = key if keys is None and key != "key" else None
+            result, touched, listeners = self._append(table, keys_col, hashes, key_name)
         for listener in listeners:  # outside the lock: listeners take their App's lock
             listener(self, touched)
         return result
 
     def _append(
-        self, table: pa.Table, keys: pa.Array, hashes: pa.Array
+        self, table: pa.Table, keys: pa.Array, hashes: pa.Array, key_name: str | None = None
     ) -> tuple[pa.Table, list[int], list[PutListener]]:
         table = self._conform(table, keys.type)
         arrival_ms = int(self.clock.now() * 1000)
         open_logs = [self._logs[s] for s in self._open]
         owner, order, counts = _partition.partition(hashes, [log.range_start for log in open_logs])
         n = table.num_rows
-        if len(open_logs) > 1:
-            table = table.take(order)
-            keys = keys.take(order)
-            hashes = hashes.take(order)
         payload = table.combine_chunks()
+        names = payload.column_names
+        columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in payload.columns]
+        if len(open_logs) > 1:
+            # Group rows by shard: one take per column (Table.take is slower), and the key
+            # column only once when it is also a payload column.
+            key_index = names.index(key_name) if key_name in names else -1
+            columns = [c.take(order) for c in columns]
+            keys = columns[key_index] if key_index >= 0 else keys.take(order)
+            hashes = hashes.take(order)
         starts = [log.next_seq for log in open_logs]
         pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]] = []
         offset = 0
         for log, count in zip(open_logs, counts, strict=True):
             if not count:
                 continue
-            columns = [
-                _arrow.sequence(log.next_seq, count),
-                keys.slice(offset, count),
-                pa.repeat(pa.scalar(arrival_ms, ARRIVAL_TYPE), count),
-            ]
-            names = ["seq", "key", "arrival"]
-            for name, column in zip(payload.column_names, payload.columns, strict=True):
-                names.append(name)
-                columns.append(column.slice(offset, count).combine_chunks())
-            records = pa.RecordBatch.from_arrays(columns, names=names)
+            records = pa.RecordBatch.from_arrays(
+                [
+                    _arrow.sequence(log.next_seq, count),
+                    keys.slice(offset, count),
+                    pa.repeat(pa.scalar(arrival_ms, ARRIVAL_TYPE), count),
+                    *(column.slice(offset, count) for column in columns),
+                ],
+                names=["seq", "key", "arrival", *names],
+            )
             pending.append((log, records, hashes.slice(offset, count)))
             offset += count
         self._store_locked(pending, arrival_ms)
