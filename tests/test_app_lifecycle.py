@@ -1,0 +1,146 @@
+"""Running in the background, stopping with and without drain, resuming (API.md "Consumers")."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import streamcore as sc
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def test_start_consumes_puts_in_the_background_and_stop_drains() -> None:
+    stream = sc.MemoryStream(shards=2)
+    seen: list[int] = []
+    lock = threading.Lock()
+    with sc.App() as app:
+
+        @app.consumer(stream, batch_size=10)
+        def handle(batch: sc.Batch) -> None:
+            with lock:
+                seen.extend(batch.records["n"].to_pylist())
+
+        app.start()
+        for i in range(5):
+            stream.put([{"key": f"k{j}", "n": 10 * i + j} for j in range(10)])
+        wait_for(lambda: len(seen) == 50)
+        app.stop(drain=True)
+        assert sorted(seen) == list(range(50))
+        assert app.metrics()["records_done"] == 50
+        with pytest.raises(sc.AppStateError):
+            app.start()
+            app.start()
+        app.stop()
+
+
+def test_stop_without_drain_abandons_in_flight_batches_for_redelivery() -> None:
+    stream = sc.MemoryStream(shards=1)
+    stream.put([{"key": "k", "n": i} for i in range(3)])
+    started = threading.Event()
+    release = threading.Event()
+    attempts: list[int] = []
+    store = sc.MemoryCheckpoints()
+    app = sc.App(store)
+
+    @app.consumer(stream, batch_size=10)
+    def slow(batch: sc.Batch) -> None:
+        attempts.append(batch.attempt)
+        started.set()
+        release.wait(5)
+
+    app.start()
+    assert started.wait(5)
+    app.stop(drain=False)  # returns although the handler still runs
+    assert app.checkpoints()["slow"][0] is None
+    release.set()
+    app.close()
+
+    again: list[list[int]] = []
+    app2 = sc.App(store)
+
+    @app2.consumer(stream, name="slow", batch_size=10)
+    def resumed(batch: sc.Batch) -> None:
+        again.append(batch.records["n"].to_pylist())
+
+    app2.run(until_idle=True, timeout=10)
+    assert again == [[0, 1, 2]]  # at-least-once: delivered again
+    assert app2.checkpoints()["slow"][0] == 2
+
+
+def test_run_twice_resumes_and_consumes_records_put_in_between() -> None:
+    clock = sc.VirtualClock()
+    stream = sc.MemoryStream(shards=3, clock=clock)
+    app = sc.App(clock=clock)
+    seen: list[int] = []
+
+    @app.consumer(stream)
+    def handle(batch: sc.Batch) -> None:
+        seen.extend(batch.records["n"].to_pylist())
+
+    stream.put([{"key": f"k{i}", "n": i} for i in range(10)])
+    app.run(until_idle=True)
+    stream.put([{"key": f"k{i}", "n": i} for i in range(10, 20)])
+    app.run(until_idle=True)
+    assert sorted(seen) == list(range(20))
+
+
+def test_run_with_timeout_on_the_virtual_clock_returns() -> None:
+    clock = sc.VirtualClock()
+    stream = sc.MemoryStream(shards=1, clock=clock)
+    app = sc.App(clock=clock)
+
+    @app.consumer(stream)
+    def handle(batch: sc.Batch) -> None:
+        raise RuntimeError("never succeeds")
+
+    stream.put([{"key": "k", "n": 1}])
+    before = clock.now()
+    app.run(timeout=3600)
+    assert clock.now() - before == pytest.approx(3600)
+    assert app.metrics()["retries"] > 10
+
+
+def test_batch_window_waits_for_a_fuller_batch() -> None:
+    clock = sc.VirtualClock()
+    stream = sc.MemoryStream(shards=1, clock=clock)
+    app = sc.App(clock=clock)
+    batches: list[tuple[float, list[int]]] = []
+
+    @app.consumer(stream, batch_size=100, batch_window=5)
+    def handle(batch: sc.Batch) -> None:
+        batches.append((clock.now(), batch.records["n"].to_pylist()))
+
+    t0 = clock.now()
+    stream.put([{"key": "k", "n": 1}])
+    app.run(timeout=2)
+    assert batches == []  # still gathering
+    stream.put([{"key": "k", "n": 2}])
+    app.run(until_idle=True)
+    assert batches == [(t0 + 5, [1, 2])]
+
+
+def test_stream_without_clock_takes_the_apps_and_close_detaches() -> None:
+    clock = sc.VirtualClock(start=1_000_000.0)
+    stream = sc.MemoryStream(shards=1)
+    app = sc.App(clock=clock)
+    arrivals: list[float] = []
+
+    @app.consumer(stream)
+    def handle(batch: sc.Batch) -> None:
+        arrivals.extend(a.timestamp() for a in batch.records["arrival"].to_pylist())
+
+    stream.put([{"key": "k", "n": 1}])
+    app.run(until_idle=True)
+    assert arrivals == [1_000_000.0]
+    app.close()
+    with pytest.raises(sc.AppStateError):
+        app.run(until_idle=True)
