@@ -14,6 +14,20 @@ SYSTEM_COLUMNS = ("seq", "key", "arrival")
 
 def to_table(data: Any, *, payload_column: str) -> pa.Table:
     """Accept a Table, RecordBatch, Arrow PyCapsule exporter, list of dicts or list of bytes/str."""
+    return _without_views(_to_table(data, payload_column))
+
+
+def _without_views(table: pa.Table) -> pa.Table:
+    # Arrow's view layouts lack kernels the shard grouping needs (take); store them as large types.
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string_view(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.large_utf8()))
+        elif pa.types.is_binary_view(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.large_binary()))
+    return table
+
+
+def _to_table(data: Any, payload_column: str) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):

@@ -1,0 +1,373 @@
+"""A slow, obviously correct pure-Python model of streamcore's stream semantics.
+
+The tests check the native core against this model. Nothing here imports
+streamcore: the model reads its inputs with pyarrow, hashes keys with the
+``xxhash`` package and does everything else with plain Python integers and
+lists, so that each rule of SEMANTICS.md / API.md can be read off the code.
+
+What the model covers (SEMANTICS 0.3, 2.1-2.3; API.md "Sources"):
+
+* ``key_hash``: XXH64, seed 0, over the key's bytes (utf8 as stored, binary as
+  is, integers as 8-byte little-endian int64; uint64 values >= 2**63 use the
+  same 8 bytes read as unsigned).
+* ``shard_of``: shard i of N owns [floor(i * 2**64 / N), floor((i+1) * 2**64 / N)).
+* ``ReferenceStream.put``: per-shard sequence numbers from 0, one per record,
+  in input order, across successive puts.
+* ``row_nbytes``: the byte size of a stored record that ``max_batch_bytes``
+  counts.
+* ``expected_batches``: the batches a consumer makes when every record is in
+  the stream before it runs.
+* ``checkpoint`` / ``final_checkpoints``: the highest S such that every
+  record with seq <= S is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import xxhash
+
+TWO64 = 1 << 64
+INT64_MIN = -(1 << 63)
+UINT64_MAX = TWO64 - 1
+
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_MAX_BATCH_BYTES = 6 * 2**20
+
+SEQ_NBYTES = 8  # uint64
+ARRIVAL_NBYTES = 8  # timestamp[ms]
+SYSTEM_COLUMNS = ("seq", "key", "arrival")
+RESERVED_PAYLOAD_NAMES = ("seq", "arrival")
+BYTES_PAYLOAD_COLUMN = "data"
+
+
+# --------------------------------------------------------------------------
+# hashing, shards, lanes
+
+
+def key_bytes(value: object) -> bytes:
+    """The bytes XXH64 is computed over for one key value."""
+    if isinstance(value, bool):
+        raise TypeError(f"unsupported key type: {type(value).__name__}")
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, int):
+        if value >= 1 << 63:
+            if value > UINT64_MAX:
+                raise ValueError(f"integer key out of range: {value}")
+            return value.to_bytes(8, "little", signed=False)
+        if value < INT64_MIN:
+            raise ValueError(f"integer key out of range: {value}")
+        return value.to_bytes(8, "little", signed=True)
+    raise TypeError(f"unsupported key type: {type(value).__name__}")
+
+
+def key_hash(value: object) -> int:
+    """XXH64 (seed 0) of a key value, as an unsigned 64-bit int."""
+    return xxhash.xxh64_intdigest(key_bytes(value), seed=0)
+
+
+def shard_start(i: int, n_shards: int) -> int:
+    """floor(i * 2**64 / n_shards): the first hash owned by shard i."""
+    return (i * TWO64) // n_shards
+
+
+def shard_of(hash64: int, n_shards: int) -> int:
+    """The shard whose hash range [start_i, start_{i+1}) holds ``hash64``.
+
+    Deliberately a plain scan over the range boundaries (not ``(h*N) >> 64``,
+    which puts a hash equal to a non-integral boundary's floor one shard too low).
+    """
+    if n_shards < 1:
+        raise ValueError("n_shards must be >= 1")
+    if not 0 <= hash64 < TWO64:
+        raise ValueError(f"not a 64-bit hash: {hash64}")
+    for i in range(n_shards):
+        if shard_start(i, n_shards) <= hash64 < shard_start(i + 1, n_shards):
+            return i
+    raise AssertionError("unreachable: the ranges cover [0, 2**64)")
+
+
+def lane_of(hash64: int, parallelization: int) -> int:
+    """lane = XXH64(key) mod parallelization (SEMANTICS 0.3)."""
+    return hash64 % parallelization
+
+
+# --------------------------------------------------------------------------
+# record sizes
+
+
+def _value_bytes(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)  # type: ignore[arg-type]
+
+
+def value_nbytes(type_: pa.DataType, value: object) -> int:
+    """Bytes one value of ``type_`` counts towards ``max_batch_bytes``.
+
+    Fixed width: the byte width (bool: 1), null or not. utf8/binary: 4 (the
+    offset) + the value's bytes; large_utf8/large_binary: 8 + the bytes; a
+    null var-length value counts only its offset. Validity bitmaps are free.
+    """
+    if pa.types.is_boolean(type_):
+        return 1
+    if pa.types.is_string(type_) or pa.types.is_binary(type_):
+        return 4 + (0 if value is None else len(_value_bytes(value)))
+    if pa.types.is_large_string(type_) or pa.types.is_large_binary(type_):
+        return 8 + (0 if value is None else len(_value_bytes(value)))
+    try:
+        bits = type_.bit_width
+    except ValueError:
+        raise NotImplementedError(f"the model does not size {type_}") from None
+    if bits % 8:
+        raise NotImplementedError(f"the model does not size {type_}")
+    return bits // 8
+
+
+def row_nbytes(
+    key_type: pa.DataType,
+    key: object,
+    payload_types: Sequence[pa.DataType],
+    payload_values: Sequence[object],
+) -> int:
+    """Byte size of one stored record: seq + key + arrival + every payload column."""
+    assert len(payload_types) == len(payload_values)
+    total = SEQ_NBYTES + value_nbytes(key_type, key) + ARRIVAL_NBYTES
+    for t, v in zip(payload_types, payload_values, strict=True):
+        total += value_nbytes(t, v)
+    return total
+
+
+# --------------------------------------------------------------------------
+# input normalisation (what a put stores)
+
+
+@dataclass
+class Prepared:
+    """One put's input as the stream stores it."""
+
+    keys: list[object]
+    key_type: pa.DataType
+    payload_names: list[str]
+    payload_types: list[pa.DataType]
+    payload_rows: list[tuple[object, ...]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    raise TypeError(f"unsupported input: {type(data).__name__}")
+
+
+def prepare(data: Any, key: str = "key", keys: Sequence[object] | None = None) -> Prepared:
+    """Normalise one put's input the way API.md describes; raise ValueError like it."""
+    if isinstance(data, list):
+        if data and all(isinstance(x, (bytes, str)) for x in data):
+            if keys is None:
+                raise ValueError("bytes payloads need keys=")
+            if len(keys) != len(data):
+                raise ValueError("keys= has the wrong length")
+            key_values = list(keys)
+            key_type = pa.array(key_values).type
+            payload = [_value_bytes(x) for x in data]
+            prepared = Prepared(
+                key_values, key_type, [BYTES_PAYLOAD_COLUMN], [pa.binary()], [(p,) for p in payload]
+            )
+            _check_keys(prepared)
+            return prepared
+        table = pa.Table.from_pylist(data)
+    else:
+        table = _as_table(data)
+    if table.num_rows == 0 and key not in table.column_names:
+        return Prepared([], pa.null(), [], [], [])
+    if key not in table.column_names:
+        raise ValueError(f"missing key column {key!r}")
+    for name in RESERVED_PAYLOAD_NAMES:
+        if name in table.column_names:
+            raise ValueError(f"reserved column name {name!r}")
+    if key != "key" and "key" in table.column_names:
+        raise ValueError("column 'key' is reserved when key= names another column")
+    key_type = table.schema.field(key).type
+    key_values = table.column(key).to_pylist()
+    names = [n for n in table.column_names if not (key == "key" and n == "key")]
+    types = [table.schema.field(n).type for n in names]
+    columns = [table.column(n).to_pylist() for n in names]
+    rows = list(zip(*columns, strict=True)) if columns else [() for _ in key_values]
+    prepared = Prepared(key_values, key_type, names, types, rows)
+    _check_keys(prepared)
+    return prepared
+
+
+def _check_keys(prepared: Prepared) -> None:
+    t = prepared.key_type
+    supported = (
+        pa.types.is_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_null(t)  # every key null (or no rows): reported per row below
+    )
+    if not supported:
+        raise ValueError(f"unsupported key type {t}")
+    for row, k in enumerate(prepared.keys):
+        if k is None:
+            raise ValueError(f"null key at row {row}")
+
+
+# --------------------------------------------------------------------------
+# the stream
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """One stored record, as the model sees it."""
+
+    shard: int
+    seq: int
+    key: object
+    hash: int
+    nbytes: int
+    put_index: int
+    row: int
+    payload: tuple[object, ...]
+
+
+@dataclass
+class ReferenceStream:
+    """Per-shard logs with sequence numbers from 0, as ``MemoryStream`` keeps them."""
+
+    n_shards: int
+    records: dict[int, list[RefRecord]] = field(default_factory=dict)
+    next_seq: list[int] = field(default_factory=list)
+    n_puts: int = 0
+    prepared: list[Prepared] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.n_shards < 1:
+            raise ValueError("n_shards must be >= 1")
+        self.records = {s: [] for s in range(self.n_shards)}
+        self.next_seq = [0] * self.n_shards
+
+    def put(self, data: Any, key: str = "key", keys: Sequence[object] | None = None) -> list[tuple[int, int]]:
+        """Store one put; return (shard, seq) per input row, in input order."""
+        prepared = prepare(data, key, keys)  # raises before anything is stored
+        self.prepared.append(prepared)
+        out: list[tuple[int, int]] = []
+        put_index = self.n_puts
+        self.n_puts += 1
+        for row, (k, payload) in enumerate(zip(prepared.keys, prepared.payload_rows, strict=True)):
+            h = key_hash(k)
+            shard = shard_of(h, self.n_shards)
+            seq = self.next_seq[shard]
+            self.next_seq[shard] += 1
+            nbytes = row_nbytes(prepared.key_type, k, prepared.payload_types, payload)
+            rec = RefRecord(shard, seq, k, h, nbytes, put_index, row, tuple(payload))
+            self.records[shard].append(rec)
+            out.append((shard, seq))
+        return out
+
+    def stored_schema(self) -> tuple[list[str], list[pa.DataType]] | None:
+        """Names and types of the stored columns, from the first put with a key column."""
+        for p in self.prepared:
+            if not pa.types.is_null(p.key_type):
+                names = [*SYSTEM_COLUMNS, *p.payload_names]
+                types = [pa.uint64(), p.key_type, pa.timestamp("ms", tz="UTC"), *p.payload_types]
+                return names, types
+        return None
+
+    def all_records(self) -> list[RefRecord]:
+        return [r for s in range(self.n_shards) for r in self.records[s]]
+
+    def by_shard_seq(self) -> dict[tuple[int, int], RefRecord]:
+        return {(r.shard, r.seq): r for r in self.all_records()}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.records.values())
+
+
+def partition(keys: Sequence[object], n_shards: int) -> tuple[dict[int, list[int]], list[tuple[int, int]]]:
+    """Partition one put of ``keys`` into a fresh stream.
+
+    Returns (per shard the input row indices in input order, per row (shard, seq)).
+    """
+    rows: dict[int, list[int]] = {s: [] for s in range(n_shards)}
+    assigned: list[tuple[int, int]] = []
+    for i, k in enumerate(keys):
+        shard = shard_of(key_hash(k), n_shards)
+        assigned.append((shard, len(rows[shard])))
+        rows[shard].append(i)
+    return rows, assigned
+
+
+# --------------------------------------------------------------------------
+# batches and checkpoints
+
+
+def cut_batches(records: Iterable[Any], batch_size: int, max_batch_bytes: int) -> list[list[int]]:
+    """Greedy cut of one lane's records (objects with ``.seq`` and ``.nbytes``).
+
+    A batch takes the next record while it has fewer than ``batch_size``
+    records and its bytes plus the record's stay <= ``max_batch_bytes``, or
+    it is still empty (a single oversize record goes alone).
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for r in sorted(records, key=lambda r: r.seq):
+        if current and (len(current) >= batch_size or current_bytes + r.nbytes > max_batch_bytes):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(r.seq)
+        current_bytes += r.nbytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+def expected_batches(
+    records_by_shard: Mapping[int, Iterable[Any]],
+    parallelization: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+) -> dict[tuple[int, int], list[list[int]]]:
+    """Per (shard, lane), the batches (lists of seqs, in order) of records all present
+    before the consumer runs. Records are objects with ``.seq``, ``.hash``, ``.nbytes``.
+    Lanes without records are absent."""
+    out: dict[tuple[int, int], list[list[int]]] = {}
+    for shard, records in records_by_shard.items():
+        lanes: dict[int, list[Any]] = {}
+        for r in sorted(records, key=lambda r: r.seq):
+            lanes.setdefault(lane_of(r.hash, parallelization), []).append(r)
+        for lane, lane_records in sorted(lanes.items()):
+            out[(shard, lane)] = cut_batches(lane_records, batch_size, max_batch_bytes)
+    return out
+
+
+def checkpoint(all_seqs: Iterable[int], done_seqs: Iterable[int]) -> int | None:
+    """Highest S such that every record with seq <= S is done (None if none is)."""
+    done = set(done_seqs)
+    result = None
+    for s in sorted(all_seqs):
+        if s not in done:
+            break
+        result = s
+    return result
+
+
+def final_checkpoints(records_by_shard: Mapping[int, Sequence[Any]]) -> dict[int, int | None]:
+    """Checkpoint per shard once everything is done: its last seq, None if empty."""
+    return {shard: (max(r.seq for r in recs) if recs else None) for shard, recs in records_by_shard.items()}
