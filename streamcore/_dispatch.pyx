@@ -223,6 +223,37 @@ cdef class ShardDispatcher:
             free(need)
         self.next_read = first_seq + <uint64_t>n
 
+    def drop_before(self, uint64_t seq):
+        """Forget records below ``seq`` that the log no longer holds (retention).
+
+        They are lost, as on Kinesis when records expire unread; lanes with a
+        batch in flight are left alone. Returns how many records were dropped.
+        """
+        cdef Py_ssize_t i, k, dropped = 0
+        cdef Lane* lane
+        if seq > self.next_read:
+            self.next_read = seq
+        for i in range(self.n_lanes):
+            lane = &self.lanes[i]
+            if lane.in_flight:
+                continue
+            k = 0
+            while lane.head + k < lane.tail and lane.buf[lane.head + k].seq < seq:
+                k += 1
+            if not k:
+                continue
+            dropped += k
+            self._pop(lane, k)
+            while k and lane.n_pinned:
+                if lane.pinned[0] > k:
+                    lane.pinned[0] -= k
+                    k = 0
+                else:
+                    k -= lane.pinned[0]
+                    self._drop_pinned_front(lane)
+                    self._reset_head(lane)
+        return dropped
+
     def restore_lanes(self, lane_done):
         """After a restart with the same lane count: skip each lane's records up to
         ``lane_done[lane]`` (its last done seq), which an earlier run finished past

@@ -144,3 +144,26 @@ def test_stream_without_clock_takes_the_apps_and_close_detaches() -> None:
     app.close()
     with pytest.raises(sc.AppStateError):
         app.run(until_idle=True)
+
+
+def test_records_past_retention_are_dropped_not_stuck() -> None:
+    clock = sc.VirtualClock()
+    stream = sc.MemoryStream(shards=1, retention=100, clock=clock)
+    stream.put([{"key": "k", "n": i} for i in range(5)])
+    app = sc.App(clock=clock)
+    seen: list[int] = []
+
+    @app.consumer(stream, batch_size=2)
+    def handle(batch: sc.Batch) -> None:
+        if 1 in batch.records["n"].to_pylist() and clock.now() - 1_700_000_000 < 150:
+            raise RuntimeError("fails until the records expire")
+        seen.extend(batch.records["n"].to_pylist())
+
+    app.run(timeout=90)
+    assert seen == []
+    clock.advance(20)
+    stream.put([{"key": "k", "n": 5}])  # expires the first put's records (retention 100 s)
+    app.run(until_idle=True)
+    assert seen == [5]
+    assert app.metrics()["records_expired"] == 5
+    assert app.checkpoints()["handle"][0] == 5

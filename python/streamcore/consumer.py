@@ -40,6 +40,7 @@ COUNTERS = (
     "dead_lettered",
     "throttles",
     "checkpoints_written",
+    "records_expired",
 )
 
 # Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
@@ -190,6 +191,7 @@ class StreamConsumer:
         before = dispatcher.next_read
         with self.stream._lock:
             if dispatcher.next_read < log.trim_seq:
+                self.counters["records_expired"] += log.trim_seq - dispatcher.next_read
                 dispatcher.skip_to(log.trim_seq)
             for chunk, start in log.chunks_from(dispatcher.next_read):
                 stop = min(chunk.records.num_rows, start + room)
@@ -203,8 +205,12 @@ class StreamConsumer:
 
     def next_work(self, state: ShardState, epoch: int) -> Work | None:
         """Start the shard's next ready action, if any."""
-        self._ingest(state)
         dispatcher = state.dispatcher
+        if state.log.trim_seq > 0 and dispatcher.checkpoint() + 1 < state.log.trim_seq:
+            # Retention removed records this consumer had read but not done: they are lost.
+            self.counters["records_expired"] += dispatcher.drop_before(state.log.trim_seq)
+            self._checkpoint(state)
+        self._ingest(state)
         now = self.clock.now()
         polled = dispatcher.poll(now)
         if polled is None:
@@ -351,6 +357,9 @@ class StreamConsumer:
         state = work.unit
         dispatcher = state.dispatcher
         counters = self.counters
+        if work.kind != FINAL and work.first_seq < state.log.trim_seq:
+            dispatcher.release(work.lane)  # its records expired meanwhile; next_work drops them
+            return
         if work.kind not in (INVOKE, FINAL):
             if outcome.error is not None:
                 dispatcher.defer(work.lane, now + DELIVERY_RETRY_DELAY)
