@@ -12,10 +12,11 @@ one stopped.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from typing import Any
+
+from streamcore.windows import decode_state, encode_state
 
 
-@dataclass(frozen=True, slots=True)
 class ShardProgress:
     """What a consumer has done on one shard.
 
@@ -26,12 +27,50 @@ class ShardProgress:
     lanes : list[int]
         Each lane's last done seq (-1: none); its length is the lane count.
     windows : bytes or None
-        Serialised open tumbling-window state, if any.
+        Serialised open tumbling-window state, if any. Built lazily from
+        ``states`` when a store asks for it, so an in-memory store never pays
+        for serialising window state.
+    states : dict or None
+        ``{lane: [window index, state dict]}`` of the open windows (decoded ``windows``).
     """
 
-    checkpoint: int
-    lanes: list[int] = field(default_factory=list)
-    windows: bytes | None = None
+    __slots__ = ("_states", "_windows", "checkpoint", "lanes")
+
+    def __init__(
+        self,
+        checkpoint: int,
+        lanes: list[int] | None = None,
+        windows: bytes | None = None,
+        *,
+        states: dict[int, Any] | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.lanes = list(lanes) if lanes is not None else []
+        self._windows = windows
+        self._states = states
+
+    @property
+    def windows(self) -> bytes | None:
+        if self._windows is None and self._states:
+            self._windows = encode_state({str(lane): v for lane, v in self._states.items()})
+        return self._windows
+
+    @property
+    def states(self) -> dict[int, Any]:
+        if self._states is None:
+            decoded = decode_state(self._windows) if self._windows else {}
+            self._states = {int(lane): v for lane, v in decoded.items()}
+        return self._states
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShardProgress):
+            return NotImplemented
+        return (self.checkpoint, self.lanes, self.windows) == (other.checkpoint, other.lanes, other.windows)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ShardProgress(checkpoint={self.checkpoint}, lanes={self.lanes}, windows={self.windows!r})"
 
 
 class CheckpointStore:

@@ -24,7 +24,7 @@ from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, delive
 from streamcore.options import StreamOptions
 from streamcore.sources.memory import MemoryStream
 from streamcore.sources.shardlog import ShardLog
-from streamcore.windows import copy_state, decode_state, encode_state, window_bounds
+from streamcore.windows import copy_state, encode_state, window_bounds
 
 log = logging.getLogger("streamcore")
 
@@ -98,6 +98,7 @@ class Outcome:
     failed: list[int] = field(default_factory=list)  # partial response: failed seqs
     done: int = 0  # partial response: records before the lowest failed seq
     state: dict[str, Any] | None = None  # tumbling windows: the state to commit
+    state_bytes: int = 0  # its serialised size, for the max_state_bytes limit
 
 
 class StreamConsumer:
@@ -150,10 +151,10 @@ class StreamConsumer:
             state = ShardState(log, dispatcher, checkpoint)
             if progress is not None and len(progress.lanes) == options.parallelization:
                 dispatcher.restore_lanes(progress.lanes)
-                if progress.windows and options.tumbling_window:
-                    for lane, (window, window_state) in decode_state(progress.windows).items():
-                        dispatcher.restore_window(int(lane), window)
-                        state.windows[int(lane)] = window_state
+                if options.tumbling_window:
+                    for lane, (window, window_state) in progress.states.items():
+                        dispatcher.restore_window(lane, window)
+                        state.windows[lane] = window_state
             self.shards[shard_id] = state
 
     def _start_seq(self, log: ShardLog, saved: int | None) -> int:
@@ -291,6 +292,7 @@ class StreamConsumer:
         except BaseException as exc:  # a failing handler is an outcome, not a crash
             return Outcome(error=f"{type(exc).__name__}: {exc}", function_error=True)
         state = None
+        state_bytes = 0
         if window is not None:
             state = batch.state
             if isinstance(result, dict) and "state" in result:
@@ -298,21 +300,21 @@ class StreamConsumer:
             if not isinstance(state, dict):
                 return Outcome(error=f"invalid window state: {type(state).__name__}, expected a dict")
             try:
-                encode_state(state)
+                state_bytes = len(encode_state(state))
             except TypeError as exc:
                 return Outcome(error=f"invalid window state: {exc}")
         if not self.options.report_failures:
-            return Outcome(state=state)
+            return Outcome(state=state, state_bytes=state_bytes)
         seqs = records.column("seq")
         try:
             failed = failed_seqs(result, seqs)
         except InvalidResponse as exc:
             return Outcome(error=f"invalid batch response: {exc}")
         if not failed:
-            return Outcome(state=state)
+            return Outcome(state=state, state_bytes=state_bytes)
         lowest = min(failed)
         done = lowest - work.first_seq if work.contiguous else pc.index(seqs, lowest).as_py()
-        return Outcome(failed=failed, done=done, state=state)
+        return Outcome(failed=failed, done=done, state=state, state_bytes=state_bytes)
 
     def _discard(self, work: Work, records: pa.RecordBatch) -> Outcome:
         message, function_error = work.unit.last_error.get(work.lane, (None, False))
@@ -405,7 +407,7 @@ class StreamConsumer:
             return
         assert outcome.state is not None
         windows[work.lane] = outcome.state
-        if len(encode_state(outcome.state)) > self.options.max_state_bytes:
+        if outcome.state_bytes > self.options.max_state_bytes:
             work.unit.dispatcher.terminate_early(work.lane)
 
     def abandon(self, work: Work) -> None:
@@ -419,12 +421,8 @@ class StreamConsumer:
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
         # Lanes may have moved even when the shard checkpoint did not.
-        windows = None
-        if state.windows:
-            windows = encode_state(
-                {str(lane): [dispatcher.open_window(lane), s] for lane, s in state.windows.items()}
-            )
-        progress = ShardProgress(seq, dispatcher.lane_progress(), windows)
+        states = {lane: [dispatcher.open_window(lane), s] for lane, s in state.windows.items()}
+        progress = ShardProgress(seq, dispatcher.lane_progress(), states=states or None)
         self.store.save(self.name, {state.shard_id: progress})
         self.counters["checkpoints_written"] += 1
 
