@@ -206,24 +206,16 @@ class Aggregator:
 
     # --- types ------------------------------------------------------------------------
 
-    def _bind(
-        self, key_types: list[pa.DataType], value_types: list[pa.DataType]
-    ) -> _aggregate.GroupTable:
+    def _bind(self, key_types: list[pa.DataType], value_types: list[pa.DataType]) -> _aggregate.GroupTable:
         """The group table, created on the first types seen; later types must match."""
         table = self._table
         if table is None:
-            flags = [
-                sum(_WANT[op] for op in _AGGREGATES if col in self._ops[op]) for col in self._values
-            ]
-            table = _aggregate.GroupTable(
-                self._by, list(key_types), self._values, list(value_types), flags
-            )
+            flags = [sum(_WANT[op] for op in _AGGREGATES if col in self._ops[op]) for col in self._values]
+            table = _aggregate.GroupTable(self._by, list(key_types), self._values, list(value_types), flags)
             self._table = table
             return table
         names = self._by + self._values
-        for name, held, dtype in zip(
-            names, table.input_types(), [*key_types, *value_types], strict=True
-        ):
+        for name, held, dtype in zip(names, table.input_types(), [*key_types, *value_types], strict=True):
             if not held.equals(dtype):
                 msg = f"column {name!r} has type {dtype}, but this aggregator holds {held} for it"
                 raise InvalidRecordsError(msg)
@@ -233,9 +225,7 @@ class Aggregator:
         """Key then value columns with the types held (requires a table)."""
         assert self._table is not None
         names = self._by + self._values
-        return pa.schema(
-            [pa.field(n, t) for n, t in zip(names, self._table.input_types(), strict=True)]
-        )
+        return pa.schema([pa.field(n, t) for n, t in zip(names, self._table.input_types(), strict=True)])
 
     # --- folding ----------------------------------------------------------------------
 
@@ -269,9 +259,7 @@ class Aggregator:
                 self._update_batch(pa.record_batch(records))
                 return
             else:
-                msg = (
-                    f"records must be a pyarrow.RecordBatch or Table, got {type(records).__name__}"
-                )
+                msg = f"records must be a pyarrow.RecordBatch or Table, got {type(records).__name__}"
                 raise TypeError(msg)
         batches = records.to_batches()
         if not batches:
@@ -341,10 +329,7 @@ class Aggregator:
             arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in self._by]
             count = pa.array([], pa.int64())
             aggs: list[dict[str, pa.Array]] = [
-                {
-                    op: pa.array([], pa.float64() if op == "mean" else pa.null())
-                    for op in _AGGREGATES
-                }
+                {op: pa.array([], pa.float64() if op == "mean" else pa.null()) for op in _AGGREGATES}
                 for _ in self._values
             ]
         else:
@@ -401,11 +386,13 @@ class Aggregator:
             msg = "data is not an Aggregator state: its schema has no aggregator metadata"
             raise ValueError(msg) from exc
         if version != _STATE_VERSION:
-            msg = (
-                f"Aggregator state version {version!r} is not supported (expected {_STATE_VERSION})"
-            )
+            msg = f"Aggregator state version {version!r} is not supported (expected {_STATE_VERSION})"
             raise ValueError(msg)
-        agg = cls(spec.pop("by"), **spec)
+        try:
+            agg = cls(spec.pop("by"), **spec)
+        except (KeyError, TypeError, ConfigError) as exc:
+            msg = f"data is not an Aggregator state: its spec is invalid ({exc})"
+            raise ValueError(msg) from exc
         if _INPUT_KEY not in metadata:
             if table.num_columns:
                 raise ValueError("data is not an Aggregator state: columns without their types")
@@ -451,11 +438,7 @@ def _window_start_array(arr: pa.Array, size: object) -> pa.Array:
         raise TypeError(msg)
     signed = pa.types.is_signed_integer(dtype)
     limit = 2**63 - 1 if signed else 2**64 - 1
-    if (
-        not isinstance(size, numbers.Integral)
-        or isinstance(size, bool)
-        or not 0 < int(size) <= limit
-    ):
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or not 0 < int(size) <= limit:
         msg = f"size={size!r} is invalid: expected an integer in 1..{limit} (the column's units)"
         raise ValueError(msg)
     wide = pa.int64() if signed else pa.uint64()

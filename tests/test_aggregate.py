@@ -1,0 +1,657 @@
+"""streamcore.aggregate: Aggregator checked against pyarrow's group_by, and window_start."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import pickle
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamcore.aggregate import Aggregator, window_start
+from streamcore.errors import ConfigError, InvalidRecordsError
+
+OPS = ("sum", "min", "max", "mean")
+NAN = float("nan")
+INF = float("inf")
+
+KEY_TYPES = {
+    "utf8": pa.utf8(),
+    "large_utf8": pa.large_utf8(),
+    "binary": pa.binary(),
+    "large_binary": pa.large_binary(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+}
+VALUE_TYPES = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+}
+
+
+# --- the oracle -----------------------------------------------------------------------
+
+
+def pyarrow_result(table: pa.Table, agg_spec: dict[str, Any]) -> pa.Table:
+    """pyarrow's group_by with the Aggregator's output names and column order."""
+    by = agg_spec["by"]
+    aggregations: list[tuple[Any, str]] = []
+    names = list(by)
+    if agg_spec.get("count", True):
+        aggregations.append(([], "count_all"))
+        names.append("count")
+    for op in OPS:
+        for col in agg_spec.get(op, []):
+            aggregations.append((col, op))
+            names.append(f"{col}_{op}")
+    out = table.group_by(by, use_threads=False).aggregate(aggregations)
+    # pyarrow puts the aggregates first or last depending on its version; reorder by name.
+    pa_names = list(by) + [
+        "count_all" if func == "count_all" else f"{col}_{func}" for col, func in aggregations
+    ]
+    return pa.Table.from_arrays([out[name] for name in pa_names], names=names)
+
+
+def same_value(got: Any, want: Any, *, exact: bool) -> bool:
+    if isinstance(want, float) and isinstance(got, float):
+        if math.isnan(want) or math.isnan(got):
+            return math.isnan(want) and math.isnan(got)
+        if exact or math.isinf(want):
+            return got == want
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
+    return bool(got == want) and type(got) is type(want)
+
+
+def first_appearance(table: pa.Table, by: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Distinct key tuples of ``table`` in order of first appearance."""
+    columns = [table[k].to_pylist() for k in by]
+    return list(dict.fromkeys(zip(*columns, strict=True)))
+
+
+def assert_same(
+    got: pa.Table,
+    want: pa.Table,
+    by: Sequence[str],
+    *,
+    ordered: bool,
+    table: pa.Table | None = None,
+) -> None:
+    """Equal schemas and rows (in any order); float sums and means within rounding
+    unless ``ordered``, which also checks that rows come in order of first
+    appearance in ``table`` (pyarrow's own order differs for composite keys)."""
+    assert got.schema == want.schema, (got.schema, want.schema)
+    assert got.num_rows == want.num_rows
+    got_rows = got.to_pylist()
+    want_rows = want.to_pylist()
+    if ordered and table is not None:
+        assert [tuple(r[k] for k in by) for r in got_rows] == first_appearance(table, by)
+    got_by_key = {tuple(r[k] for k in by): r for r in got_rows}
+    assert len(got_by_key) == len(got_rows), "a group appears twice"
+    for row in want_rows:
+        key = tuple(row[k] for k in by)
+        assert key in got_by_key, key
+        other = got_by_key[key]
+        for name, value in row.items():
+            # Single pass in row order: float sums are bit-exact with pyarrow's.
+            exact = ordered and not name.endswith("_mean")
+            assert same_value(other[name], value, exact=exact), (key, name, other[name], value)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def key_values(draw: st.DrawFn, type_name: str, n: int, n_distinct: int) -> list[Any]:
+    dtype = KEY_TYPES[type_name]
+    if pa.types.is_integer(dtype):
+        lo = 0 if type_name.startswith("u") else -(2 ** (dtype.bit_width - 1))
+        hi = 2**dtype.bit_width - 1 if type_name.startswith("u") else 2 ** (dtype.bit_width - 1) - 1
+        element: st.SearchStrategy[Any] = st.integers(lo, hi)
+    elif "binary" in type_name:
+        element = st.binary(max_size=20)
+    else:
+        element = st.text(max_size=20)
+    pool = draw(st.lists(element, min_size=1, max_size=n_distinct, unique=True))
+    pool_or_null = (
+        st.one_of(st.none(), st.sampled_from(pool)) if draw(st.booleans()) else (st.sampled_from(pool))
+    )
+    return [draw(pool_or_null) for _ in range(n)]
+
+
+def value_values(draw: st.DrawFn, type_name: str, n: int) -> list[Any]:
+    dtype = VALUE_TYPES[type_name]
+    if pa.types.is_integer(dtype):
+        if draw(st.booleans()):
+            lo, hi = (0, 100) if type_name.startswith("u") else (-100, 100)
+        elif type_name.startswith("u"):
+            lo, hi = 0, 2**dtype.bit_width - 1
+        else:
+            lo, hi = -(2 ** (dtype.bit_width - 1)), 2 ** (dtype.bit_width - 1) - 1
+        element: st.SearchStrategy[Any] = st.integers(lo, hi)
+    else:
+        width = 32 if type_name == "float32" else 64
+        finite = st.floats(-1e6, 1e6, width=width)
+        element = st.one_of(finite, finite, finite, st.sampled_from([NAN, INF, -INF, -0.0]))
+    null_rate = draw(st.sampled_from([0.0, 0.0, 0.2, 0.9]))
+    return [None if draw(st.floats(0, 1)) < null_rate else draw(element) for _ in range(n)]
+
+
+@st.composite
+def tables(draw: st.DrawFn, max_rows: int = 120) -> tuple[pa.Table, dict[str, Any]]:
+    """A random table and a random aggregation spec over it."""
+    n = draw(st.integers(0, max_rows))
+    n_keys = draw(st.integers(1, 3))
+    n_distinct = draw(st.sampled_from([1, 3, 10, 200]))
+    columns: dict[str, pa.Array] = {}
+    by = []
+    for k in range(n_keys):
+        type_name = draw(st.sampled_from(sorted(KEY_TYPES)))
+        name = f"k{k}"
+        columns[name] = pa.array(key_values(draw, type_name, n, n_distinct), KEY_TYPES[type_name])
+        by.append(name)
+    values = []
+    for v in range(draw(st.integers(1, 2))):
+        type_name = draw(st.sampled_from(sorted(VALUE_TYPES)))
+        name = f"v{v}"
+        columns[name] = pa.array(value_values(draw, type_name, n), VALUE_TYPES[type_name])
+        values.append(name)
+    columns["other"] = pa.array(range(n), pa.int64())  # not aggregated
+    agg_spec: dict[str, Any] = {"by": by, "count": draw(st.booleans())}
+    for op in OPS:
+        agg_spec[op] = draw(st.lists(st.sampled_from(values), unique=True))
+    return pa.table(columns), agg_spec
+
+
+def splits(draw: st.DrawFn, n: int) -> list[int]:
+    """Sorted cut points in 0..n (repeats make empty pieces)."""
+    cuts = draw(st.lists(st.integers(0, n), max_size=6))
+    return sorted(cuts)
+
+
+def pieces(table: pa.Table, cuts: list[int]) -> list[pa.Table]:
+    bounds = [0, *cuts, table.num_rows]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
+
+
+def feed(draw: st.DrawFn, agg: Aggregator, table: pa.Table) -> None:
+    """Update ``agg`` with ``table`` cut into random pieces, as batches or tables."""
+    for piece in pieces(table, splits(draw, table.num_rows)):
+        form = draw(st.sampled_from(["batch", "table", "rechunked"]))
+        if form == "batch":
+            agg.update(piece.combine_chunks().to_batches()[0] if piece.num_rows else piece)
+        elif form == "table":
+            agg.update(piece)
+        else:
+            # Every column chunked differently: the Table path must align them.
+            columns = {}
+            for name in piece.column_names:
+                col = piece[name].combine_chunks()
+                cuts = splits(draw, len(col))
+                bounds = [0, *cuts, len(col)]
+                columns[name] = pa.chunked_array(
+                    [col.slice(a, b - a) for a, b in itertools.pairwise(bounds)],
+                    col.type,
+                )
+            agg.update(pa.table(columns))
+
+
+# Kept small for the default run (under ~30 s in all); they passed 1,500 examples each,
+# with up to 400 rows, under AddressSanitizer too, while the aggregator was written.
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MERGE_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- properties -----------------------------------------------------------------------
+
+
+@SETTINGS
+@given(data=tables(), chunks=st.data())
+def test_matches_pyarrow_group_by(data: tuple[pa.Table, dict[str, Any]], chunks: st.DataObject) -> None:
+    table, agg_spec = data
+    agg = Aggregator(**agg_spec)
+    feed(chunks.draw, agg, table)
+    want = pyarrow_result(table, agg_spec)
+    assert len(agg) == want.num_rows
+    # One pass in row order: same groups in the same (first appearance) order.
+    assert_same(agg.result(), want, agg_spec["by"], ordered=True, table=table)
+
+
+@MERGE_SETTINGS
+@given(data=tables(), chunks=st.data())
+def test_merge_and_state_round_trip_match_pyarrow(
+    data: tuple[pa.Table, dict[str, Any]], chunks: st.DataObject
+) -> None:
+    table, agg_spec = data
+    parts = pieces(table, sorted(chunks.draw(st.lists(st.integers(0, table.num_rows), max_size=3))))
+    partials = []
+    for part in parts:
+        agg = Aggregator(**agg_spec)
+        half = chunks.draw(st.integers(0, part.num_rows))
+        feed(chunks.draw, agg, part.slice(0, half))
+        if chunks.draw(st.booleans()):  # save and restore mid-stream, then go on
+            agg = Aggregator.from_state(agg.to_state())
+        feed(chunks.draw, agg, part.slice(half))
+        partials.append(agg)
+    total = Aggregator(**agg_spec)
+    for agg in partials:
+        total.merge(agg)
+    if chunks.draw(st.booleans()):
+        total = Aggregator.from_state(total.to_state())
+    assert_same(total.result(), pyarrow_result(table, agg_spec), agg_spec["by"], ordered=False)
+
+
+# --- semantics, by example -------------------------------------------------------------
+
+
+def test_nan_and_null_semantics_follow_pyarrow() -> None:
+    table = pa.table(
+        {
+            "k": pa.array(["a", "a", "b", "b", "c", None, None, "d", "e", "e"]),
+            "v": pa.array([1.0, NAN, NAN, NAN, None, 2.0, 3.0, None, NAN, 2.0]),
+        }
+    )
+    agg = Aggregator(by=["k"], sum=["v"], min=["v"], max=["v"], mean=["v"])
+    agg.update(table)
+    rows = {r["k"]: r for r in agg.result().to_pylist()}
+    # sum and mean propagate NaN; min and max skip it unless every value is NaN.
+    assert math.isnan(rows["a"]["v_sum"]) and math.isnan(rows["a"]["v_mean"])
+    assert rows["a"]["v_min"] == 1.0 and rows["a"]["v_max"] == 1.0
+    assert math.isnan(rows["b"]["v_min"]) and math.isnan(rows["b"]["v_max"])
+    # A group whose values are all null has null aggregates, and is still counted.
+    assert rows["c"] == {"k": "c", "count": 1, "v_sum": None, "v_min": None, "v_max": None, "v_mean": None}
+    # Null keys form one group.
+    assert rows[None] == {"k": None, "count": 2, "v_sum": 5.0, "v_min": 2.0, "v_max": 3.0, "v_mean": 2.5}
+    assert_same(
+        agg.result(),
+        pyarrow_result(table, {"by": ["k"], **{op: ["v"] for op in OPS}}),
+        ["k"],
+        ordered=True,
+        table=table,
+    )
+
+
+def test_integer_sums_wrap_and_means_do_not() -> None:
+    big = 2**62
+    table = pa.table(
+        {
+            "k": pa.array([1, 1, 1, 2], pa.int32()),
+            "i": pa.array([big, big, big, -(2**63)], pa.int64()),
+            "u": pa.array([2**63, 2**63, 5, 2**64 - 1], pa.uint64()),
+        }
+    )
+    agg_spec = {"by": ["k"], "sum": ["i", "u"], "mean": ["i", "u"], "min": ["u"], "max": ["i"]}
+    agg = Aggregator(**agg_spec)
+    agg.update(table)
+    result = agg.result()
+    assert result.schema.field("i_sum").type == pa.int64()
+    assert result.schema.field("u_sum").type == pa.uint64()
+    assert result.schema.field("u_min").type == pa.uint64()
+    assert result["i_sum"].to_pylist() == [3 * big - 2**64, -(2**63)]
+    assert result["u_sum"].to_pylist() == [5, 2**64 - 1]
+    assert result["i_mean"].to_pylist() == [float(big), -(2.0**63)]
+    assert_same(result, pyarrow_result(table, agg_spec), ["k"], ordered=True, table=table)
+
+
+def test_output_types_and_column_order() -> None:
+    table = pa.table(
+        {
+            "k": pa.array([b"x", b"y"], pa.large_binary()),
+            "a": pa.array([1, 2], pa.int8()),
+            "b": pa.array([1.5, 2.5], pa.float32()),
+        }
+    )
+    agg = Aggregator(by="k", sum=["a", "b"], min=["b", "a"], max="a", mean=["b"])
+    agg.update(table)
+    schema = agg.result().schema
+    assert schema.names == ["k", "count", "a_sum", "b_sum", "b_min", "a_min", "a_max", "b_mean"]
+    assert schema.types == [
+        pa.large_binary(),
+        pa.int64(),
+        pa.int64(),
+        pa.float64(),
+        pa.float32(),
+        pa.int8(),
+        pa.int8(),
+        pa.float64(),
+    ]
+
+
+def test_composite_keys_with_nulls_and_timestamp_window() -> None:
+    ts = pa.array([0, 59_999, 60_000, 61_000, None, 120_000], pa.timestamp("ms", tz="UTC"))
+    table = pa.table(
+        {
+            "ts": ts,
+            "user": pa.array(["a", "a", "a", None, "b", None]),
+            "value": pa.array([1, 2, 3, 4, 5, 6], pa.int64()),
+        }
+    )
+    table = table.append_column("window", window_start(table["ts"], 60))
+    agg_spec = {"by": ["window", "user"], "sum": ["value"]}
+    agg = Aggregator(**agg_spec)
+    agg.update(table)
+    got = agg.result()
+    assert got.schema.field("window").type == pa.timestamp("ms", tz="UTC")
+    assert [(r["user"], r["count"], r["value_sum"]) for r in got.to_pylist()] == [
+        ("a", 2, 3),
+        ("a", 1, 3),
+        (None, 1, 4),
+        ("b", 1, 5),
+        (None, 1, 6),
+    ]
+    assert_same(got, pyarrow_result(table, agg_spec), agg_spec["by"], ordered=True, table=table)
+
+
+def test_dictionary_and_view_keys_are_held_decoded() -> None:
+    table = pa.table(
+        {
+            "d": pa.array(["x", "y", "x", None]).dictionary_encode(),
+            "s": pa.array(["p", "p", "q", "q"], pa.string_view()),
+            "v": pa.array([1, 2, 3, 4]),
+        }
+    )
+    agg = Aggregator(by=["d", "s"], sum=["v"])
+    agg.update(table)
+    result = agg.result()
+    assert result.schema.field("d").type == pa.utf8()
+    assert result.schema.field("s").type == pa.large_utf8()
+    assert result.to_pylist() == [
+        {"d": "x", "s": "p", "count": 1, "v_sum": 1},
+        {"d": "y", "s": "p", "count": 1, "v_sum": 2},
+        {"d": "x", "s": "q", "count": 1, "v_sum": 3},
+        {"d": None, "s": "q", "count": 1, "v_sum": 4},
+    ]
+
+
+def test_many_groups_grow_the_table() -> None:
+    n = 50_000
+    keys = pa.array([f"user-{i % 20_011:05d}" for i in range(n)])
+    table = pa.table({"user": keys, "v": pa.array(range(n), pa.int64())})
+    agg = Aggregator(by=["user"], sum=["v"], max=["v"])
+    for batch in table.to_batches(max_chunksize=777):
+        agg.update(batch)
+    assert len(agg) == 20_011
+    assert_same(
+        agg.result(),
+        pyarrow_result(table, {"by": ["user"], "sum": ["v"], "max": ["v"]}),
+        ["user"],
+        ordered=True,
+        table=table,
+    )
+
+
+def test_empty_inputs_fix_types_and_change_nothing() -> None:
+    agg = Aggregator(by=["k"], sum=["v"], mean=["v"])
+    assert len(agg) == 0
+    unbound = agg.result()
+    assert unbound.num_rows == 0
+    assert unbound.schema.names == ["k", "count", "v_sum", "v_mean"]
+    empty = pa.table({"k": pa.array([], pa.int16()), "v": pa.array([], pa.float32())})
+    agg.update(empty)
+    agg.update(empty.to_batches()[0] if empty.to_batches() else empty)
+    agg.update(pa.Table.from_batches([], empty.schema))
+    assert len(agg) == 0
+    assert agg.result().schema.types == [pa.int16(), pa.int64(), pa.float64(), pa.float64()]
+    agg.update(pa.table({"k": pa.array([7], pa.int16()), "v": pa.array([1.5], pa.float32())}))
+    assert agg.result().to_pylist() == [{"k": 7, "count": 1, "v_sum": 1.5, "v_mean": 1.5}]
+
+
+def test_count_only_and_count_off() -> None:
+    table = pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3]})
+    agg = Aggregator(by=["k"])
+    agg.update(table)
+    assert agg.result().to_pylist() == [{"k": "a", "count": 2}, {"k": "b", "count": 1}]
+    distinct = Aggregator(by=["k"], count=False)
+    distinct.update(table)
+    assert distinct.result().to_pylist() == [{"k": "a"}, {"k": "b"}]
+
+
+def test_clear_len_repr_and_pickle() -> None:
+    agg = Aggregator(by=["k"], sum=["v"])
+    agg.update(pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3]}))
+    assert len(agg) == 2
+    assert "with 2 groups" in repr(agg)
+    clone = pickle.loads(pickle.dumps(agg))
+    assert clone.result().equals(agg.result())
+    agg.clear()
+    assert len(agg) == 0
+    assert agg.result().num_rows == 0
+    agg.update(pa.table({"k": ["c"], "v": [5]}))
+    assert agg.result().to_pylist() == [{"k": "c", "count": 1, "v_sum": 5}]
+    with pytest.raises(InvalidRecordsError, match="'v'"):  # types stay fixed after clear
+        agg.update(pa.table({"k": ["c"], "v": [5.0]}))
+
+
+def test_state_of_an_unbound_aggregator_round_trips() -> None:
+    agg = Aggregator.from_state(Aggregator(by=["k"], min=["v"]).to_state())
+    assert len(agg) == 0
+    agg.update(pa.table({"k": [1, 1], "v": [3, 2]}))
+    assert agg.result().to_pylist() == [{"k": 1, "count": 2, "v_min": 2}]
+
+
+def test_merge_into_an_unbound_aggregator_and_self_merge() -> None:
+    source = Aggregator(by=["k"], sum=["v"])
+    source.update(pa.table({"k": ["a", "b"], "v": [1, 2]}))
+    target = Aggregator(by=["k"], sum=["v"])
+    target.merge(Aggregator(by=["k"], sum=["v"]))  # unbound into unbound: nothing
+    target.merge(source)
+    target.merge(target)
+    assert target.result().to_pylist() == [
+        {"k": "a", "count": 2, "v_sum": 2},
+        {"k": "b", "count": 2, "v_sum": 4},
+    ]
+    assert len(source) == 2
+
+
+def test_arrow_pycapsule_input() -> None:
+    class Stream:
+        def __init__(self, table: pa.Table) -> None:
+            self.table = table
+
+        def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+            return self.table.__arrow_c_stream__(requested_schema)
+
+    class Array:
+        def __init__(self, batch: pa.RecordBatch) -> None:
+            self.batch = batch
+
+        def __arrow_c_array__(self, requested_schema: object = None) -> object:
+            return self.batch.__arrow_c_array__(requested_schema)
+
+    table = pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3]})
+    agg = Aggregator(by=["k"], sum=["v"])
+    agg.update(Stream(table))
+    agg.update(Array(table.to_batches()[0]))
+    assert agg.result()["v_sum"].to_pylist() == [8, 4]
+
+
+def test_concurrent_updates_are_serialised() -> None:
+    table = pa.table({"k": pa.array([i % 97 for i in range(20_000)]), "v": pa.array([1] * 20_000)})
+    batches = table.to_batches(max_chunksize=500)
+    agg = Aggregator(by=["k"], sum=["v"])
+
+    def work() -> None:
+        for batch in batches:
+            agg.update(batch)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = agg.result()
+    assert len(agg) == 97
+    assert sum(result["count"].to_pylist()) == 4 * 20_000
+    assert result["count"].to_pylist() == result["v_sum"].to_pylist()
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"by": []}, "by"),
+        ({"by": None}, "by"),
+        ({"by": ["a", "a"]}, "by"),
+        ({"by": [1]}, "by"),
+        ({"by": b"k"}, "by"),
+        ({"by": ["k"], "count": 1}, "count"),
+        ({"by": ["k"], "sum": 5}, "sum"),
+        ({"by": ["k"], "min": ["v", "v"]}, "min"),
+        ({"by": ["k"], "mean": [None]}, "mean"),
+        ({"by": ["count"]}, "count"),
+        ({"by": ["v_sum"], "sum": ["v"]}, "sum"),
+    ],
+)
+def test_bad_specs_name_the_option(kwargs: dict[str, Any], option: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Aggregator(**kwargs)
+    assert info.value.option == option
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("columns", "agg_spec", "column"),
+    [
+        ({"v": [1]}, {"by": ["k"]}, "k"),  # missing key
+        ({"k": [1]}, {"by": ["k"], "sum": ["v"]}, "v"),  # missing value
+        ({"k": [1.5], "v": [1]}, {"by": ["k"], "sum": ["v"]}, "k"),  # float key
+        ({"k": [[1]], "v": [1]}, {"by": ["k"], "sum": ["v"]}, "k"),  # list key
+        ({"k": [1], "v": ["x"]}, {"by": ["k"], "sum": ["v"]}, "v"),  # string value
+        ({"k": [1], "v": [True]}, {"by": ["k"], "max": ["v"]}, "v"),  # bool value
+    ],
+)
+def test_unsupported_columns_name_the_column(
+    columns: dict[str, list[Any]], agg_spec: dict[str, Any], column: str
+) -> None:
+    agg = Aggregator(**agg_spec)
+    with pytest.raises(InvalidRecordsError, match=f"'{column}'"):
+        agg.update(pa.table(columns))
+
+
+def test_type_changes_and_bad_inputs_are_rejected() -> None:
+    agg = Aggregator(by=["k"], sum=["v"])
+    agg.update(pa.table({"k": pa.array([1], pa.int32()), "v": [1]}))
+    with pytest.raises(InvalidRecordsError, match=r"'k'.*int64.*int32"):
+        agg.update(pa.table({"k": pa.array([1], pa.int64()), "v": [1]}))
+    with pytest.raises(InvalidRecordsError, match="more than once"):
+        agg.update(pa.table([pa.array([1], pa.int32()), pa.array([1]), pa.array([1])], names=["k", "v", "v"]))
+    with pytest.raises(TypeError):
+        agg.update([{"k": 1, "v": 1}])
+    assert agg.result().to_pylist() == [{"k": 1, "count": 1, "v_sum": 1}]
+
+
+def test_merge_rejects_other_specs_and_types() -> None:
+    agg = Aggregator(by=["k"], sum=["v"])
+    agg.update(pa.table({"k": [1], "v": [1]}))
+    with pytest.raises(ValueError, match="different specs"):
+        agg.merge(Aggregator(by=["k"], sum=["v"], count=False))
+    other = Aggregator(by=["k"], sum=["v"])
+    other.update(pa.table({"k": ["a"], "v": [1]}))
+    with pytest.raises(InvalidRecordsError, match="'k'"):
+        agg.merge(other)
+    with pytest.raises(TypeError):
+        agg.merge("not an aggregator")  # type: ignore[arg-type]
+
+
+def test_from_state_rejects_other_bytes() -> None:
+    with pytest.raises(ValueError, match="not an Aggregator state"):
+        Aggregator.from_state(b"garbage")
+    sink = pa.BufferOutputStream()
+    table = pa.table({"k": [1]})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(ValueError, match="not an Aggregator state"):
+        Aggregator.from_state(sink.getvalue().to_pybytes())
+
+
+# --- window_start ----------------------------------------------------------------------
+
+
+def floor_to(value: int, size: int) -> int:
+    return (value // size) * size
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
+def test_window_start_timestamps_keep_unit_and_zone(unit: str, tz: str | None) -> None:
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    raw = [0, 1, -1, 59 * per_second, 61 * per_second, -61 * per_second, None, 10**9 * per_second]
+    dtype = pa.timestamp(unit, tz=tz)
+    column = pa.array(raw, pa.int64()).cast(dtype)
+    out = window_start(column, 60)
+    assert out.type == dtype
+    assert out.cast(pa.int64()).to_pylist() == [
+        None if v is None else floor_to(v, 60 * per_second) for v in raw
+    ]
+    for size in (60.0, dt.timedelta(minutes=1)):
+        assert window_start(column, size).equals(out)
+
+
+def test_window_start_sub_second_sizes_and_slices() -> None:
+    column = pa.array([1_234, 1_999, None, 2_000, -1], pa.timestamp("ms"))
+    assert window_start(column, 0.5).cast(pa.int64()).to_pylist() == [1_000, 1_500, None, 2_000, -500]
+    sliced = column.slice(1, 3)
+    assert window_start(sliced, 1).cast(pa.int64()).to_pylist() == [1_000, None, 2_000]
+    with pytest.raises(ValueError, match="whole number"):
+        window_start(pa.array([1], pa.timestamp("s")), 0.5)
+
+
+@pytest.mark.parametrize("type_name", ["int8", "int16", "int32", "int64", "uint8", "uint32", "uint64"])
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_window_start_integers(type_name: str, data: st.DataObject) -> None:
+    dtype = getattr(pa, type_name)()
+    unsigned = type_name.startswith("u")
+    lo = 0 if unsigned else -(2 ** (dtype.bit_width - 1))
+    hi = 2**dtype.bit_width - 1 if unsigned else 2 ** (dtype.bit_width - 1) - 1
+    values = data.draw(st.lists(st.one_of(st.none(), st.integers(lo, hi)), max_size=50))
+    size = data.draw(st.integers(1, hi))
+    expected = [None if v is None else floor_to(v, size) for v in values]
+    column = pa.array(values, dtype)
+    if any(v is not None and v < lo for v in expected):
+        with pytest.raises(OverflowError):
+            window_start(column, size)
+        return
+    out = window_start(column, size)
+    assert out.type == dtype
+    assert out.to_pylist() == expected
+
+
+def test_window_start_chunked_and_errors() -> None:
+    chunked = pa.chunked_array([[5, 15], [], [25, None]], pa.int64())
+    out = window_start(chunked, 10)
+    assert isinstance(out, pa.ChunkedArray)
+    assert out.num_chunks == 3
+    assert out.to_pylist() == [0, 10, 20, None]
+    assert window_start(pa.chunked_array([], pa.int32()), 10).type == pa.int32()
+    with pytest.raises(TypeError):
+        window_start(pa.array([1.5]), 1)
+    with pytest.raises(TypeError):
+        window_start([1, 2], 1)  # type: ignore[arg-type]
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="size"):
+            window_start(pa.array([1]), bad)
+    with pytest.raises(TypeError):
+        window_start(pa.array([1], pa.timestamp("s")), "60")
+    with pytest.raises(OverflowError):
+        window_start(pa.array([-(2**63)], pa.int64()), 3)
