@@ -56,7 +56,7 @@ directives = {
 
 setup(
     package_dir={"": "python", "streamcore.benches": "benches"},
-    packages=["streamcore", "streamcore.sources", "streamcore.benches"],
+    packages=["streamcore", "streamcore.sources", "streamcore.testing", "streamcore.benches"],
     ext_modules=cythonize(
         extensions,
         build_dir="build/cython",
