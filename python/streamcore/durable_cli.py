@@ -54,9 +54,7 @@ def checkpoints_main(argv: Sequence[str]) -> int:
     status = 0
     for consumer, entry in found.items():
         if isinstance(entry, CorruptFileError):
-            table.add_row(
-                consumer, "-", "-", "-", "-", "-", f"[red]{entry}[/red]", end_section=True
-            )
+            table.add_row(consumer, "-", "-", "-", "-", "-", f"[red]{entry}[/red]", end_section=True)
             status = 1
             continue
         assert isinstance(entry, Generation)
