@@ -1,10 +1,11 @@
-"""Helpers shared by the workloads: timing, test data, and the shape of a result."""
+"""Helpers shared by the workloads: timing, test data, checksums and the shape of a result."""
 
 from __future__ import annotations
 
 import gc
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -13,6 +14,8 @@ from streamcore.demo import zipf_user_ids
 
 SEED = 20240601
 SHARDS = 8
+
+Checksum = Mapping[str, int | float]
 
 
 def best_seconds(fn: Callable[[], object], repeat: int = 3) -> float:
@@ -42,6 +45,24 @@ def target(what: str, value: float, op: str, limit: float, unit: str = "") -> di
     return {"what": what, "value": value, "op": op, "limit": limit, "unit": unit, "passed": passed}
 
 
+def checksums_equal(a: Checksum | None, b: Checksum | None, rel: float = 1e-9) -> bool:
+    """Whether two checksums agree: same names, ints equal, floats within ``rel`` (relative).
+
+    Floats get a tolerance because two sides may add the same values in
+    another order (a sum of 2M values differs in its last bits).
+    """
+    if a is None or b is None or set(a) != set(b):
+        return False
+    for name, x in a.items():
+        y = b[name]
+        if isinstance(x, float) or isinstance(y, float):
+            if not math.isclose(float(x), float(y), rel_tol=rel, abs_tol=rel):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 def result(
     name: str,
     *,
@@ -53,13 +74,32 @@ def result(
     targets: list[dict[str, Any]],
     figures: dict[str, float | int],
     params: dict[str, Any],
+    checksum: Checksum | None = None,
+    baseline_checksum: Checksum | None = None,
+    lower_is_better: bool = False,
+    series: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What every workload's ``run`` returns (and what ``results.json`` stores per workload).
 
-    ``throughput`` and ``baseline`` are in ``unit`` (higher is better), ``ratio``
-    is throughput / baseline, ``figures`` every number measured, ``params`` the
-    sizes and settings used.
+    ``throughput`` and ``baseline`` are in ``unit``, ``ratio`` is how many
+    times better streamcore is: throughput / baseline (or baseline /
+    throughput with ``lower_is_better``, for latencies and bytes). ``figures``
+    holds every number measured, ``params`` the sizes and settings used.
+
+    ``checksum`` and ``baseline_checksum`` (small dicts of ints and floats,
+    e.g. records counted and the sum of a value) say that both sides computed
+    the same thing: ``checksum_ok`` is whether they agree (``checksums_equal``),
+    None when the workload gives none. ``python -m streamcore bench --quick``
+    fails on a disagreement. ``series`` carries data for the plots (see
+    ``streamcore.benches.plots``).
     """
+    if lower_is_better:
+        ratio = baseline / throughput if throughput else float("inf")
+    else:
+        ratio = throughput / baseline if baseline else float("inf")
+    checksum_ok = None
+    if checksum is not None or baseline_checksum is not None:
+        checksum_ok = checksums_equal(checksum, baseline_checksum)
     return {
         "name": name,
         "description": description,
@@ -67,9 +107,14 @@ def result(
         "throughput": throughput,
         "baseline": baseline,
         "baseline_description": baseline_description,
-        "ratio": throughput / baseline if baseline else float("inf"),
+        "ratio": ratio,
+        "lower_is_better": lower_is_better,
         "targets": targets,
         "passed": all(t["passed"] for t in targets),
+        "checksum": dict(checksum) if checksum is not None else None,
+        "baseline_checksum": dict(baseline_checksum) if baseline_checksum is not None else None,
+        "checksum_ok": checksum_ok,
         "figures": figures,
         "params": params,
+        "series": series or {},
     }

@@ -131,6 +131,11 @@ def run(quick: bool) -> dict[str, Any]:
         log8_s = best_seconds(lambda: append_locallog(root / "log8", batches, SHARDS), 1)
         log_bytes = sum(f.stat().st_size for f in (root / "log").rglob("*.arrows"))
         ipc_bytes = (root / "ipc" / "stream.arrows").stat().st_size
+        # Both sides must hold what was appended: count it back from disk.
+        with sc.LocalLog(root / "log") as reopened:
+            log_records = len(reopened)
+        with pa.memory_map(str(root / "ipc" / "stream.arrows")) as source:
+            ipc_records = pa.ipc.open_stream(source).read_all().num_rows
 
         clock = sc.VirtualClock()
         stream = sc.MemoryStream(shards=SHARDS, clock=clock)
@@ -155,6 +160,8 @@ def run(quick: bool) -> dict[str, Any]:
     checkpoint_cost = durable_s / memory_s - 1.0
     return result(
         "durable",
+        checksum={"appended": log_records},
+        baseline_checksum={"appended": ipc_records},
         description=(
             f"LocalLog put of {puts} x {PUT_ROWS:,} records, fsync per put; and a no-op "
             f"consumer of {n:,} records (batch_size {BATCH_SIZE}) with DirectoryCheckpoints"

@@ -13,7 +13,12 @@ per-shard lists of ``BATCH_SIZE`` and calls a no-op function per full list.
 Two batch sizes separate the costs: at ``batch_size=1000`` the time per record
 is mostly per-record work, at ``batch_size=100`` there are ten times as many
 invocations. ``fixed_us_per_batch`` and ``marginal_ns_per_record`` are the
-straight-line fit ``t = records * r + batches * b`` through both runs.
+straight-line fit ``t = records * r + batches * b`` through both runs. The
+run is repeated at batch sizes 500 and 5000 too, for the plot of throughput
+against batch size.
+
+Checksum: records done and records per shard (from the checkpoints), against
+the records per shard the Python consumer handed to its handler.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ BATCH_SIZE = 1000
 SMALL_BATCH_SIZE = 100
 REPEAT = 5  # framework runs are short (well under a second each): take the best of more
 BASELINE_REPEAT = 3
+SWEEP_BATCH_SIZES = (100, 500, 1000, 5000)  # throughput against batch size (a plot)
 TARGET_NS_PER_RECORD = 100.0
 TARGET_US_PER_BATCH = 20.0
 
@@ -45,43 +51,56 @@ def noop(batch: object) -> None:
 
 
 def python_consumer(
-    keys: list[str], starts: list[int], batch_size: int, handler: Callable[[list[int]], None]
+    keys: list[str],
+    starts: list[int],
+    batch_size: int,
+    handler: Callable[[list[int]], None],
+    per_shard: list[Callable[[list[int]], None]] | None = None,
 ) -> int:
-    """Partition ``keys`` with xxhash in Python, call ``handler`` per full batch; return batches."""
+    """Partition ``keys`` with xxhash in Python, call ``handler`` per full batch; return batches.
+
+    ``per_shard`` (untimed, for the checksum): one handler per shard instead.
+    """
     digest = xxhash.xxh64_intdigest
     pending: list[list[int]] = [[] for _ in starts]
+    handlers = per_shard or [handler] * len(starts)
     batches = 0
     for i, key in enumerate(keys):
         shard = bisect_right(starts, digest(key.encode())) - 1
         rows = pending[shard]
         rows.append(i)
         if len(rows) == batch_size:
-            handler(rows)
+            handlers[shard](rows)
             pending[shard] = []
             batches += 1
-    for rows in pending:
+    for shard, rows in enumerate(pending):
         if rows:
-            handler(rows)
+            handlers[shard](rows)
             batches += 1
     return batches
 
 
 def consume(
-    stream: sc.MemoryStream, clock: sc.VirtualClock, batch_size: int, n: int
-) -> tuple[float, int]:
-    """Best wall seconds of ``app.run(until_idle=True)`` over ``REPEAT`` fresh Apps, and batches."""
+    stream: sc.MemoryStream, clock: sc.VirtualClock, batch_size: int, n: int, repeat: int = REPEAT
+) -> tuple[float, int, dict[str, int]]:
+    """Best wall seconds of ``app.run(until_idle=True)`` over ``repeat`` fresh Apps, batches, checksum.
+
+    The checksum: records done, and records per shard (from the checkpoints).
+    """
     invocations = 0
     best = float("inf")
-    for _ in range(REPEAT):
+    for _ in range(repeat):
         with sc.App(clock=clock) as app:
             app.consumer(stream, name="noop", batch_size=batch_size)(noop)
             seconds = best_seconds(lambda app=app: app.run(until_idle=True), repeat=1)
             metrics = app.metrics()
+            checkpoints = app.checkpoints()["noop"]
         if metrics["records_done"] != n or metrics["errors"]:
             raise AssertionError(f"consumed {metrics['records_done']} of {n} records: {metrics}")
         invocations = int(metrics["invocations"])
         best = min(best, seconds)
-    return best, invocations
+    per_shard = {f"shard_{i}": (-1 if seq is None else seq) + 1 for i, seq in sorted(checkpoints.items())}
+    return best, invocations, {"records": int(metrics["records_done"]), **per_shard}
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -94,14 +113,31 @@ def run(quick: bool) -> dict[str, Any]:
     stream = sc.MemoryStream(shards=SHARDS, clock=clock)
     put_s = best_seconds(lambda: stream.put(table), repeat=1)
 
-    run_s, batches = consume(stream, clock, BATCH_SIZE, n)
-    small_run_s, small_batches = consume(stream, clock, SMALL_BATCH_SIZE, n)
+    run_s, batches, ours = consume(stream, clock, BATCH_SIZE, n)
+    small_run_s, small_batches, small_sum = consume(stream, clock, SMALL_BATCH_SIZE, n)
+    sweep = {str(BATCH_SIZE): n / run_s, str(SMALL_BATCH_SIZE): n / small_run_s}
+    for size in SWEEP_BATCH_SIZES:
+        if str(size) not in sweep:
+            seconds, _, other = consume(stream, clock, size, n, repeat=BASELINE_REPEAT)
+            if other != ours:
+                raise AssertionError(f"batch_size={size} consumed other records: {other} vs {ours}")
+            sweep[str(size)] = n / seconds
+    if small_sum != ours:
+        raise AssertionError(f"batch_size={SMALL_BATCH_SIZE} consumed other records")
 
     py_keys = keys.to_pylist()
     starts = _partition.even_ranges(SHARDS)
-    baseline_s = best_seconds(
-        lambda: python_consumer(py_keys, starts, BATCH_SIZE, noop), BASELINE_REPEAT
-    )
+    baseline_s = best_seconds(lambda: python_consumer(py_keys, starts, BATCH_SIZE, noop), BASELINE_REPEAT)
+    per_shard = [0] * SHARDS
+
+    def count(shard: int) -> Callable[[list[int]], None]:
+        def handle(rows: list[int]) -> None:
+            per_shard[shard] += len(rows)
+
+        return handle
+
+    python_consumer(py_keys, starts, BATCH_SIZE, noop, per_shard=[count(i) for i in range(SHARDS)])
+    theirs = {"records": sum(per_shard), **{f"shard_{i}": c for i, c in enumerate(per_shard)}}
 
     ns_per_record = run_s / n * 1e9
     us_per_batch = run_s / batches * 1e6
@@ -157,6 +193,14 @@ def run(quick: bool) -> dict[str, Any]:
             "batch_sizes": [BATCH_SIZE, SMALL_BATCH_SIZE],
             "repeat": REPEAT,
             "baseline_repeat": BASELINE_REPEAT,
+            "sweep_batch_sizes": list(SWEEP_BATCH_SIZES),
             "quick": quick,
+        },
+        checksum=ours,
+        baseline_checksum=theirs,
+        series={
+            "bars": {"streamcore": throughput, "Python consumer": baseline_rate},
+            "batch_size": {k: sweep[k] for k in sorted(sweep, key=int)},
+            "batch_size_label": "no-op handler, consume only",
         },
     )
