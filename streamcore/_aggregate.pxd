@@ -73,6 +73,7 @@ cdef class GroupTable:
     cdef object _lock
 
     cdef void _free_groups(self) noexcept nogil
+    cdef int _copy(self, GroupTable src) noexcept nogil
     cdef int _reserve(self, int64_t groups) noexcept nogil
     cdef int _rehash(self, uint64_t capacity) noexcept nogil
     cdef int64_t _insert(self, int64_t row, uint64_t h, uint64_t* key0) noexcept nogil

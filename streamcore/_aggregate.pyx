@@ -624,6 +624,17 @@ cdef int _no_nulls(list columns, list fields, Py_ssize_t at) except -1:
 # --- the table -----------------------------------------------------------------------
 
 @cython.final
+cdef void* _dup(const void* src, size_t size) noexcept nogil:
+    # malloc + memcpy; NULL when src is NULL or memory runs out.
+    cdef void* p
+    if src == NULL:
+        return NULL
+    p = malloc(size if size else 1)
+    if p != NULL:
+        memcpy(p, src, size)
+    return p
+
+
 cdef class GroupTable:
     """Per-group accumulators over an open-addressing hash table of group keys.
 
@@ -750,6 +761,102 @@ cdef class GroupTable:
         """Forget every group and release the memory."""
         with self._lock:
             self._free_groups()
+
+    def copy_from(self, GroupTable src):
+        """Make this table, built with ``src``'s spec and types, an exact copy of ``src``.
+
+        A plain copy of every array (no rehashing): what a tumbling window needs
+        to give each invocation a private aggregator cheaply.
+        """
+        if src is self:
+            return
+        if (self._key_types != src._key_types or self._value_types != src._value_types
+                or self._value_flags != src._value_flags):
+            raise ValueError("copy_from needs a table with the same spec and types")
+        cdef int rc
+        with src._lock, self._lock:
+            self._free_groups()
+            with nogil:
+                rc = self._copy(src)
+            if rc:
+                self._free_groups()
+                raise MemoryError()
+
+    cdef int _copy(self, GroupTable src) noexcept nogil:
+        cdef int64_t cap = src.group_cap
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
+        cdef KeyCol* kd
+        cdef KeyCol* ks
+        cdef ValCol* cd
+        cdef ValCol* cs
+        if src.group_cap == 0:
+            return 0
+        self.counts = <int64_t*>_dup(src.counts, cap * sizeof(int64_t))
+        self.group_hash = <uint64_t*>_dup(src.group_hash, cap * sizeof(uint64_t))
+        self.slots = <Slot*>_dup(src.slots, (src.slot_mask + 1) * sizeof(Slot))
+        if self.counts == NULL or self.group_hash == NULL or self.slots == NULL:
+            return -1
+        self.slot_mask = src.slot_mask
+        self.group_cap = cap
+        for k in range(self.n_keys):
+            kd = &self.keys[k]
+            ks = &src.keys[k]
+            kd.any_null = ks.any_null
+            kd.nulls = <uint8_t*>_dup(ks.nulls, <size_t>cap)
+            if kd.nulls == NULL:
+                return -1
+            if ks.ints != NULL:
+                kd.ints = <uint64_t*>_dup(ks.ints, cap * sizeof(uint64_t))
+                if kd.ints == NULL:
+                    return -1
+            if ks.offs != NULL:
+                kd.offs = <int64_t*>_dup(ks.offs, cap * sizeof(int64_t))
+                if kd.offs == NULL:
+                    return -1
+            if ks.arena != NULL:
+                kd.arena = <uint8_t*>_dup(ks.arena, <size_t>ks.arena_cap)
+                if kd.arena == NULL:
+                    return -1
+            kd.arena_len = ks.arena_len
+            kd.arena_cap = ks.arena_cap
+            kd.key_bytes = ks.key_bytes
+        for j in range(self.n_vals):
+            cd = &self.vals[j]
+            cs = &src.vals[j]
+            cd.nulls = <int64_t*>_dup(cs.nulls, cap * sizeof(int64_t))
+            if cd.nulls == NULL:
+                return -1
+            if cs.sum != NULL:
+                cd.sum = <uint64_t*>_dup(cs.sum, cap * sizeof(uint64_t))
+                if cd.sum == NULL:
+                    return -1
+            if cs.msum != NULL:
+                cd.msum = <double*>_dup(cs.msum, cap * sizeof(double))
+                if cd.msum == NULL:
+                    return -1
+            if cs.mn != NULL:
+                cd.mn = <uint64_t*>_dup(cs.mn, cap * sizeof(uint64_t))
+                if cd.mn == NULL:
+                    return -1
+            if cs.mx != NULL:
+                cd.mx = <uint64_t*>_dup(cs.mx, cap * sizeof(uint64_t))
+                if cd.mx == NULL:
+                    return -1
+        self.n_groups = src.n_groups
+        return 0
+
+    def nbytes(self):
+        """Bytes held for the groups: what a window state limit counts for an aggregator."""
+        cdef int64_t total = self.n_groups * 16  # count and hash
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
+        for k in range(self.n_keys):
+            total += self.n_groups * 9 + self.keys[k].arena_len
+        for j in range(self.n_vals):
+            total += self.n_groups * 8 * (1 + (self.vals[j].sum != NULL) + (self.vals[j].msum != NULL)
+                                          + (self.vals[j].mn != NULL) + (self.vals[j].mx != NULL))
+        return total
 
     cdef int _reserve(self, int64_t groups) noexcept nogil:
         # Room for `groups` groups: per-group arrays and a table at load <= 1/2.

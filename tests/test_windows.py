@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import streamcore as sc
+from streamcore.checkpoints import ShardProgress
 
 START = 1_700_000_000.0  # 1_699_999_980 is a multiple of 60: windows start 20 s before START
 
@@ -231,3 +232,35 @@ def test_window_state_may_hold_bytes() -> None:
 
     app.run(until_idle=True)
     assert finals == [b"\x00\xff\x00\xff"]
+
+
+def test_a_live_aggregator_in_window_state_is_copied_per_invocation_and_persisted() -> None:
+    clock = sc.VirtualClock(start=START)
+    stream = sc.MemoryStream(shards=1, clock=clock)
+    stream.put([{"key": f"u{i % 3}", "v": float(i)} for i in range(9)])
+    store = sc.MemoryCheckpoints()
+    app = sc.App(store, clock=clock)
+    results: list[list[dict[str, Any]]] = []
+    seen_groups: list[int] = []
+
+    @app.consumer(stream, batch_size=2, tumbling_window=60)
+    def handle(batch: sc.Batch) -> None:
+        agg = batch.state.setdefault("agg", sc.Aggregator(by=["key"], count=True, sum=["v"]))
+        if batch.is_final:
+            results.append(agg.result().sort_by("key").to_pylist())
+            return
+        agg.update(batch.records)
+        seen_groups.append(len(agg))
+        if batch.first_seq == 4 and batch.attempt == 1:
+            raise RuntimeError("fails after updating the aggregator: nothing is committed")
+
+    app.run(until_idle=True)
+    assert results == [[
+        {"key": "u0", "count": 3, "v_sum": 9.0},
+        {"key": "u1", "count": 3, "v_sum": 12.0},
+        {"key": "u2", "count": 3, "v_sum": 15.0},
+    ]]
+    # The checkpoint store serialises an aggregator only when asked to (a durable store)
+    progress = ShardProgress(0, [0], states={0: [1, {"agg": sc.Aggregator(by=["key"], count=True)}]})
+    restored = ShardProgress(0, [0], progress.windows).states
+    assert isinstance(restored[0][1]["agg"], sc.Aggregator)

@@ -14,6 +14,7 @@
 [1, 2]
 """
 
+from streamcore.aggregate import Aggregator, window_start
 from streamcore.app import App
 from streamcore.batch import Batch, BatchFailures, Window
 from streamcore.checkpoints import CheckpointStore, MemoryCheckpoints
@@ -22,17 +23,19 @@ from streamcore.durable import DirectoryCheckpoints
 from streamcore.errors import (
     AppStateError,
     ConfigError,
-    HandlerTimeoutError,
     InvalidRecordsError,
     StreamcoreError,
 )
 from streamcore.failures import FailedBatch
 from streamcore.sources import MemoryStream
 from streamcore.sources.locallog import LocalLog
+from streamcore.sources.localqueue import LocalQueue
+from streamcore.sources.queue import MemoryQueue
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregator",
     "App",
     "AppStateError",
     "Batch",
@@ -42,13 +45,15 @@ __all__ = [
     "ConfigError",
     "DirectoryCheckpoints",
     "FailedBatch",
-    "HandlerTimeoutError",
     "InvalidRecordsError",
     "LocalLog",
+    "LocalQueue",
     "MemoryCheckpoints",
+    "MemoryQueue",
     "MemoryStream",
     "StreamcoreError",
     "SystemClock",
     "VirtualClock",
     "Window",
+    "window_start",
 ]

@@ -25,6 +25,10 @@ class GroupTable:
         value_flags: list[int],
     ) -> None: ...
     def __len__(self) -> int: ...
+    def copy_from(self, src: GroupTable) -> None:
+        """Make this table (same spec and types) an exact copy of ``src``."""
+    def nbytes(self) -> int:
+        """Bytes held for the groups."""
     def clear(self) -> None:
         """Forget every group and release the memory."""
 

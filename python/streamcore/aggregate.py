@@ -204,6 +204,33 @@ class Aggregator:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Aggregator.from_state, (self.to_state(),))
 
+    def copy(self) -> Aggregator:
+        """An independent copy: a plain copy of the native arrays, no rehashing.
+
+        This is what a tumbling window's state uses: every invocation works on a
+        private copy, committed only when the invocation succeeds.
+        """
+        twin = Aggregator.__new__(Aggregator)
+        # The spec and the plan are never mutated in place: share them.
+        twin._by, twin._count, twin._ops = self._by, self._count, self._ops
+        twin._values, twin._plan, twin._table = self._values, self._plan, None
+        if self._table is not None:
+            types = self._table.input_types()
+            n_keys = len(self._by)
+            twin._bind(types[:n_keys], types[n_keys:]).copy_from(self._table)
+        return twin
+
+    def __copy__(self) -> Aggregator:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Aggregator:
+        return self.copy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the groups (what ``max_state_bytes`` counts for an aggregator in window state)."""
+        return 0 if self._table is None else self._table.nbytes()
+
     # --- types ------------------------------------------------------------------------
 
     def _bind(self, key_types: list[pa.DataType], value_types: list[pa.DataType]) -> _aggregate.GroupTable:

@@ -24,7 +24,7 @@ from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, delive
 from streamcore.options import StreamOptions
 from streamcore.sources.memory import MemoryStream
 from streamcore.sources.shardlog import ShardLog
-from streamcore.windows import copy_state, encode_state, window_bounds
+from streamcore.windows import copy_state, state_nbytes, window_bounds
 
 log = logging.getLogger("streamcore")
 
@@ -300,7 +300,7 @@ class StreamConsumer:
             if not isinstance(state, dict):
                 return Outcome(error=f"invalid window state: {type(state).__name__}, expected a dict")
             try:
-                state_bytes = len(encode_state(state))
+                state_bytes = state_nbytes(state)
             except TypeError as exc:
                 return Outcome(error=f"invalid window state: {exc}")
         if not self.options.report_failures:

@@ -36,9 +36,5 @@ class InvalidRecordsError(StreamcoreError, ValueError):
         super().__init__(message)
 
 
-class HandlerTimeoutError(StreamcoreError, TimeoutError):
-    """A handler invocation ran longer than the consumer's ``timeout``."""
-
-
 class AppStateError(StreamcoreError, RuntimeError):
     """An operation does not fit the App's current state (e.g. run while running)."""

@@ -2,9 +2,11 @@
 
 Windows are aligned to the epoch on arrival time (SEMANTICS 0.4): window
 ``i`` of size ``W`` seconds covers ``[i * W, (i + 1) * W)``. A window's state
-is a dict of JSON values (bytes allowed, e.g. ``Aggregator.to_state()``),
-carried between the invocations of one (shard, lane, window), committed only
-when an invocation succeeds, and persisted with the checkpoints.
+is a dict of JSON values (bytes allowed), carried between the invocations of
+one (shard, lane, window), committed only when an invocation succeeds, and
+persisted with the checkpoints. A top-level value may also be a live
+``sc.Aggregator``: each invocation then works on a native copy of it (cheap:
+no serialisation), and it is serialised only when a durable store writes it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 import orjson
 
+from streamcore.aggregate import Aggregator
 from streamcore.batch import Window
 
 _BYTES_TAG = "__bytes__"
+_AGGREGATOR_TAG = "__aggregator__"
 
 
 def window_bounds(index: int, size_ms: int) -> Window:
@@ -34,12 +38,16 @@ def window_bounds(index: int, size_ms: int) -> Window:
 def _default(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {_BYTES_TAG: base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, Aggregator):
+        return {_AGGREGATOR_TAG: base64.b64encode(value.to_state()).decode()}
     raise TypeError(f"window state holds {type(value).__name__}; expected JSON values or bytes")
 
 
 def _revive(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and _BYTES_TAG in obj:
         return base64.b64decode(obj[_BYTES_TAG])
+    if len(obj) == 1 and _AGGREGATOR_TAG in obj:
+        return Aggregator.from_state(base64.b64decode(obj[_AGGREGATOR_TAG]))
     return obj
 
 
@@ -50,6 +58,18 @@ def encode_state(state: Any) -> bytes:
 
 def decode_state(data: bytes) -> Any:
     return json.loads(data, object_hook=_revive)
+
+
+def state_nbytes(state: dict[str, Any]) -> int:
+    """The size ``max_state_bytes`` limits: the JSON size, aggregators by their native bytes.
+
+    Raises TypeError for values that are not JSON, bytes or aggregators.
+    """
+    aggregators = [v for v in state.values() if isinstance(v, Aggregator)]
+    if not aggregators:
+        return len(encode_state(state))
+    rest = {k: v for k, v in state.items() if not isinstance(v, Aggregator)}
+    return len(encode_state(rest)) + sum(a.nbytes for a in aggregators)
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:
