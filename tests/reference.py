@@ -19,10 +19,35 @@ What the model covers (SEMANTICS 0.3, 2.1-2.3; API.md "Sources"):
   the stream before it runs.
 * ``checkpoint`` / ``final_checkpoints``: the highest S such that every
   record with seq <= S is done.
+
+and the failure policy (SEMANTICS 0.1, 0.2, 2.4-2.8; API.md "What a handler
+gets and returns"), lane by lane:
+
+* ``respond``: a failure schedule decided by record content (``Fate``: poison
+  records fail every delivery, transient ones their first k deliveries; how
+  a batch with failing records fails: raise, time out, return an invalid
+  response, or return a partial batch response listing them).
+* ``interpret``: what a handler's response means (success, whole-batch
+  failure, or partial failure with the records before the lowest failed seq
+  done), with ``report_failures`` on or off.
+* ``simulate_lane``: the queue of pending sub-batches of one (shard, lane):
+  fresh batches cut greedily, bisect at ceil(n/2) without using a retry,
+  retries, discards after ``max_retries`` (RetryAttemptsExhausted, attempts =
+  invocations of exactly those records), partial-response tails that use a
+  retry and continue the attempt count, and records older than
+  ``max_record_age`` split off and discarded (RecordAgeExceeded, attempts =
+  max(1, invocations so far)) before their batch starts. Back-off is jittered,
+  so the model does not predict times: it is told when each of the lane's
+  actions started (``times``) and decides record age from that.
+* ``bisect_isolation``: closed-form invocation counts of isolating one poison
+  record by bisection.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,6 +269,7 @@ class RefRecord:
     put_index: int
     row: int
     payload: tuple[object, ...]
+    arrival_ms: int = 0
 
 
 @dataclass
@@ -262,8 +288,16 @@ class ReferenceStream:
         self.records = {s: [] for s in range(self.n_shards)}
         self.next_seq = [0] * self.n_shards
 
-    def put(self, data: Any, key: str = "key", keys: Sequence[object] | None = None) -> list[tuple[int, int]]:
-        """Store one put; return (shard, seq) per input row, in input order."""
+    def put(
+        self,
+        data: Any,
+        key: str = "key",
+        keys: Sequence[object] | None = None,
+        arrival_ms: int = 0,
+    ) -> list[tuple[int, int]]:
+        """Store one put; return (shard, seq) per input row, in input order.
+
+        ``arrival_ms``: the clock time of the put, in epoch ms (record age)."""
         prepared = prepare(data, key, keys)  # raises before anything is stored
         self.prepared.append(prepared)
         out: list[tuple[int, int]] = []
@@ -275,7 +309,7 @@ class ReferenceStream:
             seq = self.next_seq[shard]
             self.next_seq[shard] += 1
             nbytes = row_nbytes(prepared.key_type, k, prepared.payload_types, payload)
-            rec = RefRecord(shard, seq, k, h, nbytes, put_index, row, tuple(payload))
+            rec = RefRecord(shard, seq, k, h, nbytes, put_index, row, tuple(payload), arrival_ms)
             self.records[shard].append(rec)
             out.append((shard, seq))
         return out
@@ -371,3 +405,343 @@ def checkpoint(all_seqs: Iterable[int], done_seqs: Iterable[int]) -> int | None:
 def final_checkpoints(records_by_shard: Mapping[int, Sequence[Any]]) -> dict[int, int | None]:
     """Checkpoint per shard once everything is done: its last seq, None if empty."""
     return {shard: (max(r.seq for r in recs) if recs else None) for shard, recs in records_by_shard.items()}
+
+
+# --------------------------------------------------------------------------
+# the failure policy (SEMANTICS 0.1, 0.2, 2.4-2.8)
+
+RETRY_ATTEMPTS_EXHAUSTED = "RetryAttemptsExhausted"
+RECORD_AGE_EXCEEDED = "RecordAgeExceeded"
+
+# How a batch holding failing records fails, strongest first: when its failing
+# records have several kinds, the first kind of this tuple among them wins.
+FAILURE_KINDS = ("timeout", "raise", "invalid", "partial")
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """The consumer options the failure policy depends on (API.md names)."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    bisect_on_error: bool = False
+    max_retries: int = -1  # -1: retry forever
+    max_record_age: float = -1  # seconds; -1: no limit
+    report_failures: bool = False
+
+
+@dataclass(frozen=True)
+class Fate:
+    """How one record behaves when delivered.
+
+    ``poison``: every delivery fails. ``transient``: the first ``transient``
+    deliveries fail, later ones succeed. ``kind``: what the handler does with
+    a batch holding this record while it fails (``FAILURE_KINDS``).
+    """
+
+    poison: bool = False
+    transient: int = 0
+    kind: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {self.kind!r}")
+        if self.transient < 0:
+            raise ValueError("transient must be >= 0")
+
+
+OK_FATE = Fate()
+
+
+@dataclass(frozen=True)
+class Response:
+    """What the handler does with one batch: ``kind`` "ok" or one of ``FAILURE_KINDS``;
+    ``failed``: the batch's failing seqs (what a partial response lists), in batch order."""
+
+    kind: str
+    failed: tuple[int, ...] = ()
+
+
+def respond(fates: Mapping[int, Fate], seqs: Sequence[int], deliveries: Mapping[int, int]) -> Response:
+    """The handler's response to a batch of ``seqs``; ``deliveries[seq]`` counts the
+    deliveries of that record including this one. Records without a fate succeed."""
+    failed = []
+    for s in seqs:
+        fate = fates.get(s, OK_FATE)
+        if fate.poison or deliveries[s] <= fate.transient:
+            failed.append(s)
+    if not failed:
+        return Response("ok")
+    kinds = {fates[s].kind for s in failed}
+    kind = next(k for k in FAILURE_KINDS if k in kinds)
+    return Response(kind, tuple(failed))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an invocation's result means to the consumer.
+
+    ``status``: "ok", "fail" (the whole batch) or "partial" (the first ``done``
+    records succeeded, the rest failed). ``function_error``: a "fail" came from
+    an exception or a timeout (functionError "Unhandled"), not from a response.
+    """
+
+    status: str
+    done: int = 0
+    function_error: bool = False
+
+
+def interpret(response: Response, seqs: Sequence[int], report_failures: bool) -> Outcome:
+    """SEMANTICS 2.4, 2.8: exceptions and timeouts fail the whole batch; without
+    ``report_failures`` any returned value is a success; with it, an invalid
+    response fails the whole batch and a partial response marks the records
+    before the lowest failed seq done."""
+    if response.kind == "ok":
+        return Outcome("ok")
+    if response.kind in ("raise", "timeout"):
+        return Outcome("fail", function_error=True)
+    if not report_failures:
+        return Outcome("ok")
+    if response.kind == "invalid" or not response.failed or not set(response.failed) <= set(seqs):
+        return Outcome("fail")
+    return Outcome("partial", done=list(seqs).index(min(response.failed)))
+
+
+def is_expired(arrival_ms: int, max_record_age: float, now: float) -> bool:
+    """A record is too old once its age on the clock is strictly greater than the limit."""
+    return max_record_age >= 0 and arrival_ms + round(max_record_age * 1000) < now * 1000.0
+
+
+@dataclass(frozen=True)
+class ModelInvocation:
+    """One invocation. ``verdict``: what followed it: "ok" (its records are done),
+    "split", "retry" (after back-off) or "discard" (retries exhausted)."""
+
+    seqs: tuple[int, ...]
+    attempt: int
+    response: Response
+    outcome: Outcome
+    verdict: str
+    time: float
+
+
+@dataclass(frozen=True)
+class ModelDiscard:
+    """Records sent to on_failure. ``failure``: the kind of the failure that exhausted the
+    retries (a ``FAILURE_KINDS`` entry), None for RecordAgeExceeded. ``function_error``: the
+    destination document's functionError is "Unhandled"."""
+
+    seqs: tuple[int, ...]
+    condition: str
+    attempts: int
+    failure: str | None
+    function_error: bool
+    time: float
+
+
+@dataclass
+class LaneTrace:
+    """What the model predicts for one (shard, lane), in order."""
+
+    actions: list[ModelInvocation | ModelDiscard] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)  # records that succeeded, in order
+    errors: int = 0  # whole-batch failures
+    retries: int = 0  # retries consumed (whole-batch and partial)
+    bisects: int = 0  # splits
+
+    @property
+    def invocations(self) -> list[ModelInvocation]:
+        return [a for a in self.actions if isinstance(a, ModelInvocation)]
+
+    @property
+    def discards(self) -> list[ModelDiscard]:
+        return [a for a in self.actions if isinstance(a, ModelDiscard)]
+
+    @property
+    def discarded(self) -> list[int]:
+        return [s for d in self.discards for s in d.seqs]
+
+
+@dataclass
+class _SubBatch:
+    """A pending sub-batch at the head of a lane's queue."""
+
+    seqs: list[int]
+    attempt: int = 1  # the attempt number of its next invocation
+    retries: int = 0  # retries consumed
+
+    @property
+    def invocations(self) -> int:
+        return self.attempt - 1
+
+
+def simulate_lane(
+    records: Iterable[Any],
+    policy: FailurePolicy,
+    fates: Mapping[int, Fate],
+    times: Sequence[float] | None = None,
+) -> LaneTrace:
+    """Run one lane's records (objects with ``.seq``, ``.nbytes``, ``.arrival_ms``)
+    through the failure policy.
+
+    The lane keeps an ordered queue of pending sub-batches. With the queue
+    empty, the next fresh batch is cut greedily (``cut_batches``). Before a
+    batch (fresh or pending) starts, its records too old at that moment are
+    split off the front and discarded. Then it is invoked:
+
+    * success: its records are done;
+    * partial response: the records before the lowest failed seq are done;
+      the failed tail stays at the head of the queue and uses one retry, its
+      attempt count going on (SEMANTICS 0.2, 2.7);
+    * whole-batch failure, bisect on and n > 1: split at ceil(n/2), left half
+      first, both halves with fresh attempt counts, no retry used (0.1);
+    * otherwise one retry is used;
+    * a failure that would use retry number ``max_retries + 1`` discards the
+      batch instead (RetryAttemptsExhausted, attempts = its invocations).
+
+    ``times[k]`` is when the lane's k-th action (invocation or discard) started:
+    record age is judged at that moment. ``times`` may be None when
+    ``policy.max_record_age`` is -1.
+    """
+    if times is None:
+        if policy.max_record_age >= 0:
+            raise ValueError("record age needs the times of the lane's actions")
+        times = []
+    lane_records = sorted(records, key=lambda r: r.seq)
+    arrival = {r.seq: r.arrival_ms for r in lane_records}
+    fresh = deque(lane_records)
+    queue: deque[_SubBatch] = deque()
+    deliveries: Counter[int] = Counter()
+    trace = LaneTrace()
+
+    def now() -> float:
+        step = len(trace.actions)
+        if step < len(times):
+            return times[step]
+        return times[-1] if times else 0.0
+
+    def expired_prefix(seqs: Sequence[int], t: float) -> int:
+        count = 0
+        while count < len(seqs) and is_expired(arrival[seqs[count]], policy.max_record_age, t):
+            count += 1
+        return count
+
+    def discard(seqs: Sequence[int], condition: str, attempts: int, failure: str | None, fe: bool) -> None:
+        trace.actions.append(ModelDiscard(tuple(seqs), condition, attempts, failure, fe, now()))
+
+    while queue or fresh:
+        t = now()
+        if not queue:
+            head_records = list(itertools.islice(fresh, policy.batch_size))
+            candidate = cut_batches(head_records, policy.batch_size, policy.max_batch_bytes)[0]
+            old = expired_prefix(candidate, t)
+            if old:
+                discard(candidate[:old], RECORD_AGE_EXCEEDED, 1, None, False)
+                for _ in range(old):
+                    fresh.popleft()
+                continue
+            for _ in candidate:
+                fresh.popleft()
+            queue.append(_SubBatch(candidate))
+        head = queue[0]
+        old = expired_prefix(head.seqs, t)
+        if old:
+            discard(head.seqs[:old], RECORD_AGE_EXCEEDED, max(1, head.invocations), None, False)
+            head.seqs = head.seqs[old:]
+            if not head.seqs:
+                queue.popleft()
+            continue
+
+        seqs = tuple(head.seqs)
+        for s in seqs:
+            deliveries[s] += 1
+        response = respond(fates, seqs, deliveries)
+        outcome = interpret(response, seqs, policy.report_failures)
+        attempt = head.attempt
+        exhausted = policy.max_retries >= 0 and head.retries + 1 > policy.max_retries
+        if outcome.status == "ok":
+            verdict = "ok"
+        elif outcome.status == "fail" and policy.bisect_on_error and len(seqs) > 1:
+            verdict = "split"
+        else:
+            verdict = "discard" if exhausted else "retry"
+        trace.actions.append(ModelInvocation(seqs, attempt, response, outcome, verdict, t))
+
+        if outcome.status == "fail":
+            trace.errors += 1
+        elif outcome.status == "partial":
+            trace.done.extend(seqs[: outcome.done])
+            seqs = seqs[outcome.done :]  # the failed tail goes on as the head batch
+            head.seqs = list(seqs)
+        if verdict == "ok":
+            trace.done.extend(seqs)
+            queue.popleft()
+        elif verdict == "split":
+            left = (len(seqs) + 1) // 2
+            queue.popleft()
+            queue.appendleft(_SubBatch(list(seqs[left:])))
+            queue.appendleft(_SubBatch(list(seqs[:left])))
+            trace.bisects += 1
+        elif verdict == "discard":
+            queue.popleft()
+            discard(seqs, RETRY_ATTEMPTS_EXHAUSTED, attempt, response.kind, outcome.function_error)
+        else:
+            head.retries += 1
+            head.attempt += 1
+            trace.retries += 1
+    return trace
+
+
+def lanes_of(
+    records_by_shard: Mapping[int, Iterable[Any]], parallelization: int
+) -> dict[tuple[int, int], list[Any]]:
+    """Per (shard, lane) its records in seq order (objects with ``.seq`` and ``.hash``)."""
+    out: dict[tuple[int, int], list[Any]] = {}
+    for shard, records in records_by_shard.items():
+        for r in sorted(records, key=lambda r: r.seq):
+            out.setdefault((shard, lane_of(r.hash, parallelization)), []).append(r)
+    return out
+
+
+def expected_failure_traces(
+    records_by_shard: Mapping[int, Iterable[Any]],
+    parallelization: int,
+    policy: FailurePolicy,
+    fates: Mapping[tuple[int, int], Fate],
+    times: Mapping[tuple[int, int], Sequence[float]] | None = None,
+) -> dict[tuple[int, int], LaneTrace]:
+    """``simulate_lane`` for every (shard, lane) with records. ``fates`` by (shard, seq);
+    ``times`` by (shard, lane) (see ``simulate_lane``)."""
+    out = {}
+    for (shard, lane), records in lanes_of(records_by_shard, parallelization).items():
+        lane_fates = {r.seq: fates[(shard, r.seq)] for r in records if (shard, r.seq) in fates}
+        lane_times = None if times is None else times.get((shard, lane), [])
+        out[(shard, lane)] = simulate_lane(records, policy, lane_fates, lane_times)
+    return out
+
+
+def bisect_isolation(n: int, index: int, max_retries: int) -> tuple[int, int]:
+    """One batch of ``n`` records whose record ``index`` always fails (an exception),
+    bisect on, ``max_retries`` >= 0: (invocations in all, invocations holding the poison).
+
+    Splitting at ceil(n/2) reaches the poison alone after d splits, d = its depth in
+    the split tree (floor(log2 n) <= d <= ceil(log2 n)); each split also runs the
+    other half once; the lone record then runs max_retries + 1 times.
+    So: total = 2d + max_retries + 1, holding the poison = d + max_retries + 1.
+    """
+    if not 0 <= index < n:
+        raise ValueError("index out of range")
+    depth = 0
+    while n > 1:
+        left = (n + 1) // 2
+        if index < left:
+            n = left
+        else:
+            n, index = n - left, index - left
+        depth += 1
+    return 2 * depth + max_retries + 1, depth + max_retries + 1
+
+
+def bisect_depth_bounds(n: int) -> tuple[int, int]:
+    """(floor(log2 n), ceil(log2 n)): the range of a record's depth in the split tree."""
+    return (n.bit_length() - 1, math.ceil(math.log2(n)) if n > 1 else 0)
