@@ -18,8 +18,11 @@ from streamcore.options import (
     DEFAULT_RETRY_BACKOFF,
     stream_options,
 )
+from streamcore.queue_consumer import QueueConsumer, queue_options
 from streamcore.scheduler import Scheduler
+from streamcore.sources.localqueue import LocalQueue
 from streamcore.sources.memory import MemoryStream
+from streamcore.sources.queue import MemoryQueue
 
 Handler = Callable[[Batch], Any]
 
@@ -59,7 +62,7 @@ class App:
         self.concurrency = concurrency
         self._store = checkpoints
         self._scheduler = Scheduler(self.clock, concurrency)
-        self._consumers: dict[str, StreamConsumer] = {}
+        self._consumers: dict[str, StreamConsumer | QueueConsumer] = {}
         self._runner: threading.Thread | None = None
         self._runner_error: BaseException | None = None
         self._closed = False
@@ -68,7 +71,7 @@ class App:
 
     def consumer(
         self,
-        source: MemoryStream,
+        source: MemoryStream | MemoryQueue | LocalQueue,
         *,
         name: str | None = None,
         batch_size: int | None = None,
@@ -111,9 +114,45 @@ class App:
 
         A handler returns None on success and raises on failure; a failed batch
         is retried with back-off while its lane waits (other lanes and shards go on).
+
+        On a ``MemoryQueue`` or ``LocalQueue`` (SEMANTICS 3): ``batch_size`` 1..10000
+        (default 10, FIFO at most 10), ``batch_window`` (FIFO: 0), ``max_batch_bytes``,
+        ``max_concurrency`` (None or 2..1000), ``report_failures`` and ``timeout``; a
+        handled batch is deleted, a failed one comes back after the visibility timeout
+        and the queue's ``dead_letter`` takes messages past ``max_receive_count``.
         """
+        if isinstance(source, (MemoryQueue, LocalQueue)):
+            stream_defaults: dict[str, tuple[Any, Any]] = {
+                "parallelization": (parallelization, 1),
+                "starting_position": (starting_position, "TRIM_HORIZON"),
+                "starting_timestamp": (starting_timestamp, None),
+                "starting_sequence": (starting_sequence, None),
+                "bisect_on_error": (bisect_on_error, False),
+                "max_retries": (max_retries, -1),
+                "max_record_age": (max_record_age, -1),
+                "tumbling_window": (tumbling_window, None),
+                "retry_backoff": (retry_backoff, DEFAULT_RETRY_BACKOFF),
+                "max_state_bytes": (max_state_bytes, DEFAULT_MAX_STATE_BYTES),
+            }
+            queue_opts = queue_options(
+                fifo=source.fifo,
+                batch_size=batch_size,
+                batch_window=batch_window,
+                max_batch_bytes=max_batch_bytes,
+                max_concurrency=max_concurrency,
+                report_failures=report_failures,
+                timeout=timeout,
+                on_failure=on_failure,
+                **{k: v for k, (v, default) in stream_defaults.items() if v != default},
+            )
+            queue = source
+            return self._registrar(
+                source,
+                name,
+                lambda n, h: QueueConsumer(n, h, queue, queue_opts, self.clock, self._scheduler),
+            )
         if not isinstance(source, MemoryStream):
-            raise ConfigError("source", source, "a MemoryStream")
+            raise ConfigError("source", source, "a MemoryStream, MemoryQueue or LocalQueue")
         options = stream_options(
             batch_size=batch_size,
             batch_window=batch_window,
@@ -135,6 +174,21 @@ class App:
         if max_concurrency is not None:
             raise ConfigError("max_concurrency", max_concurrency, "None for stream consumers (queues only)")
 
+        stream = source
+        return self._registrar(
+            source,
+            name,
+            lambda n, h: StreamConsumer(n, h, stream, options, self._store, self.clock),
+        )
+
+    def _registrar(
+        self,
+        source: Any,
+        name: str | None,
+        make: Callable[[str, Handler], StreamConsumer | QueueConsumer],
+    ) -> Callable[[Handler], Handler]:
+        """The decorator that checks the handler and its name, then attaches the consumer."""
+
         def register(handler: Handler) -> Handler:
             if not callable(handler):
                 raise ConfigError("handler", handler, "a callable taking a Batch")
@@ -146,7 +200,7 @@ class App:
             if self._closed:
                 raise AppStateError("the App is closed")
             source._attach(self.clock, self._scheduler.on_put)
-            consumer = StreamConsumer(consumer_name, handler, source, options, self._store, self.clock)
+            consumer = make(consumer_name, handler)
             self._consumers[consumer_name] = consumer
             self._scheduler.add_consumer(consumer)
             return handler
@@ -235,7 +289,7 @@ class App:
         for name, values in per_consumer.items():
             for key, value in values.items():
                 out[f"{name}.{key}"] = value
-                if key == "iterator_age_ms":
+                if key in ("iterator_age_ms", "age_of_oldest_ms"):
                     out[key] = max(out.get(key, 0), value)
                 else:
                     out[key] = out.get(key, 0) + value

@@ -13,6 +13,7 @@ for it (system clock) or jumps the virtual clock straight to it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Any, Protocol
@@ -54,6 +55,8 @@ class Consumer(Protocol):
     def next_deadline(self) -> tuple[float, float]: ...  # (due, upcoming); see _dispatch
 
 
+log = logging.getLogger("streamcore")
+
 # Real seconds the coordinator waits between re-checks when it expects a notify
 # anyway; only a safety net, so a missed wake-up costs this much and no more.
 _RECHECK = 0.05
@@ -89,19 +92,29 @@ class Scheduler:
     def add_consumer(self, consumer: Consumer) -> None:
         with self.lock:
             self.consumers.append(consumer)
-            wanted = sum(c.workers_wanted() for c in self.consumers)
-            self._workers_wanted = max(1, min(self.concurrency, wanted))
+            self.resize_workers()
             for unit in consumer.units():
                 self._mark(consumer, unit)
-            if self.running:
-                self._executor.ensure(self._workers_wanted + self._stuck)
 
-    def _mark(self, consumer: Consumer, unit: Any) -> None:
+    def resize_workers(self) -> None:
+        """Grow the pool to what the consumers want now (under the lock).
+
+        A consumer whose wish grows while running (a queue's poller scaling)
+        calls this. Idle workers are not free (a finished batch may wake one),
+        so the pool follows the wish rather than starting at ``concurrency``.
+        """
+        wanted = max(1, min(self.concurrency, sum(c.workers_wanted() for c in self.consumers)))
+        if wanted > self._workers_wanted:
+            self._workers_wanted = wanted
+            if self.running:
+                self._executor.ensure(wanted + self._stuck)
+
+    def _mark(self, consumer: Consumer, unit: Any, *, wake: bool = True) -> None:
         key = (id(consumer), unit.key)
         if key not in self._queued:
             self._queued.add(key)
             self._ready.append((consumer, unit))
-        if self.running and self._idle_workers:
+        if wake and self.running and self._idle_workers:
             self.work_cond.notify()
 
     def on_put(self, source: object, unit_keys: list[Any]) -> None:
@@ -123,7 +136,11 @@ class Scheduler:
         ready = self._ready
         while ready:
             consumer, unit = ready[0]
-            work = consumer.next_work(unit, self._epoch)
+            try:
+                work = consumer.next_work(unit, self._epoch)
+            except Exception:  # a consumer bug must not kill the worker and hang run()
+                log.exception("next_work of %r failed; its unit waits for the next wake-up", consumer)
+                work = None
             if work is not None:
                 ready.rotate(-1)  # the shard may have more ready lanes; others go first
                 if len(self._in_flight) + 1 >= self.concurrency and len(ready) > 1:
@@ -160,7 +177,8 @@ class Scheduler:
                 self._in_flight.discard(work)
                 if work.epoch == self._epoch:
                     work.consumer.finish(work, outcome)
-                    self._mark(work.consumer, work.unit)
+                    # This worker looks at the unit next itself: waking another costs more.
+                    self._mark(work.consumer, work.unit, wake=False)
                 if not self._in_flight:
                     self.state_cond.notify()
 

@@ -1,5 +1,7 @@
-"""Sources a consumer reads: sharded streams (and, later, queues)."""
+"""Sources a consumer reads: sharded streams and SQS-style queues."""
 
+from streamcore.sources.localqueue import LocalQueue
 from streamcore.sources.memory import MemoryStream
+from streamcore.sources.queue import MemoryQueue
 
-__all__ = ["MemoryStream"]
+__all__ = ["LocalQueue", "MemoryQueue", "MemoryStream"]
