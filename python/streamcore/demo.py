@@ -1,10 +1,12 @@
-"""``python -m streamcore demo``: a clickstream through a sharded stream, aggregated per user.
+"""``python -m streamcore demo``: a clickstream in one-minute windows, aggregated per user.
 
 Generates click events with a fixed seed (user ids Zipf-skewed over 100,000
-users, a page, a timestamp and a value), puts them into a ``MemoryStream`` in
-chunks, consumes them with a handler that aggregates count and sum of value
-per user with pyarrow, and prints what happened. Needs no server and nothing
-beyond streamcore's own dependencies.
+users, a page, a timestamp and a value) and puts them into a ``MemoryStream``
+minute by minute on a ``VirtualClock``, so a record's arrival window is the
+window of its ``ts``. A consumer with ``tumbling_window=60`` folds every batch
+into a native ``sc.Aggregator`` kept in the window's state (count and sum of
+value per user); each window's closing invocation reports its busiest users.
+Needs no server and nothing beyond streamcore's own dependencies.
 """
 
 from __future__ import annotations
@@ -74,45 +76,58 @@ def make_events(n: int, *, seed: int = SEED) -> pa.Table:
     )
 
 
-class UserTotals:
-    """Per-user ``count`` and ``value_sum``: one pyarrow ``group_by`` per batch, merged at the end.
+class WindowTotals:
+    """The handler: per (shard, lane, window) an ``Aggregator`` in ``batch.state``.
 
-    Thread-safe: handlers run on several worker threads at once.
+    On a window's closing invocation its per-user totals are kept; thread-safe
+    (handlers run on several worker threads at once).
     """
 
     def __init__(self) -> None:
-        self._parts: list[pa.Table] = []
+        self._closed: list[tuple[int, pa.Table]] = []  # (window start, epoch s), per-user totals
         self._lock = threading.Lock()
-        self.last_done = 0.0  # time.perf_counter() when the latest batch was aggregated
+        self.last_done = 0.0  # time.perf_counter() when the latest invocation finished
 
     def __call__(self, batch: sc.Batch) -> None:
-        part = (
-            pa.Table.from_batches([batch.records])
-            .group_by("user_id")
-            .aggregate([("user_id", "count"), ("value", "sum")])
-        )
+        assert batch.state is not None and batch.window is not None
+        agg = batch.state.setdefault("agg", sc.Aggregator(by=["user_id"], count=True, sum=["value"]))
+        if batch.is_final:
+            totals = agg.result()
+            with self._lock:
+                self._closed.append((int(batch.window.start.timestamp()), totals))
+        else:
+            agg.update(batch.records)
         with self._lock:
-            self._parts.append(part)
             self.last_done = time.perf_counter()
 
-    def result(self) -> pa.Table:
-        """``user_id``, ``count``, ``value_sum`` over every batch seen, most active users first."""
+    def windows(self) -> list[tuple[int, pa.Table]]:
+        """Per closed window (oldest first): ``user_id``, ``count``, ``value_sum``, busiest first.
+
+        A window's shards and lanes close separately; their partial totals merge here.
+        """
         with self._lock:
-            parts = list(self._parts)
-        if not parts:
-            schema = pa.schema(
-                [("user_id", pa.utf8()), ("count", pa.int64()), ("value_sum", pa.float64())]
+            closed = list(self._closed)
+        by_window: dict[int, list[pa.Table]] = {}
+        for start, table in closed:
+            by_window.setdefault(start, []).append(table)
+        out = []
+        for start in sorted(by_window):
+            merged = (
+                pa.concat_tables(by_window[start])
+                .group_by("user_id")
+                .aggregate([("count", "sum"), ("value_sum", "sum")])
+                .rename_columns(["user_id", "count", "value_sum"])
             )
-            return schema.empty_table()
-        merged = (
-            pa.concat_tables(parts)
-            .group_by("user_id")
-            .aggregate([("user_id_count", "sum"), ("value_sum", "sum")])
-        )
-        merged = merged.rename_columns(
-            {"user_id_count_sum": "count", "value_sum_sum": "value_sum"}
-        ).select(["user_id", "count", "value_sum"])
-        return merged.sort_by([("count", "descending"), ("user_id", "ascending")])
+            out.append((start, merged.sort_by([("count", "descending"), ("user_id", "ascending")])))
+        return out
+
+
+def minute_chunks(events: pa.Table) -> list[pa.Table]:
+    """``events`` (sorted by ``ts``) cut at minute boundaries of ``ts``."""
+    minute = pc.divide(pc.cast(pc.cast(events["ts"], pa.int64()), pa.int64()), 60_000)
+    ends = pc.run_end_encode(minute.combine_chunks()).run_ends.to_pylist()
+    starts = [0, *ends[:-1]]
+    return [events.slice(a, b - a) for a, b in zip(starts, ends, strict=True)]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -145,16 +160,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = make_events(total)
     generate_s = time.perf_counter() - started
 
-    stream = sc.MemoryStream(shards=args.shards, name="clicks")
+    clock = sc.VirtualClock(start=START_MS / 1000)
+    stream = sc.MemoryStream(shards=args.shards, name="clicks", clock=clock)
     started = time.perf_counter()
-    for offset in range(0, total, PUT_CHUNK):
-        stream.put(events.slice(offset, PUT_CHUNK), key="user_id")
+    for chunk in minute_chunks(events):
+        clock.advance_to(chunk["ts"][0].value / 1000)  # arrival follows event time
+        for offset in range(0, chunk.num_rows, PUT_CHUNK):
+            stream.put(chunk.slice(offset, PUT_CHUNK), key="user_id")
     put_s = time.perf_counter() - started
 
-    totals = UserTotals()
-    app = sc.App()
+    totals = WindowTotals()
+    app = sc.App(clock=clock)
     try:
-        app.consumer(stream, name="user_totals", batch_size=args.batch_size)(totals)
+        app.consumer(stream, name="clicks_per_minute", batch_size=args.batch_size, tumbling_window=60)(
+            totals
+        )
     except ValueError as exc:  # a batch size outside 1..10000, named by the error
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -166,48 +186,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         TextColumn("records"),
         TimeElapsedColumn(),
     )
-    failed = False
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            app.run(until_idle=True)  # returns once every window is closed
+        except BaseException as exc:  # shown below
+            errors.append(exc)
+
     with app, Progress(*columns, console=console) as progress:
         task = progress.add_task("consume", total=total)
         started = time.perf_counter()
-        app.start()
-        while True:
+        runner = threading.Thread(target=run, name="demo-app", daemon=True)
+        runner.start()
+        while runner.is_alive():
             metrics = app.metrics()
-            done = int(metrics["records_done"])
-            progress.update(task, completed=done)
-            if done >= total:
-                break
+            progress.update(task, completed=int(metrics["records_done"]))
             if metrics["errors"]:
-                failed = True
+                app.stop(drain=False)
                 break
-            time.sleep(POLL_SECONDS)
+            runner.join(POLL_SECONDS)
+        runner.join()
         # The last handler's finish, not the poll that noticed it (polls are 0.1 s apart).
         consume_s = max(totals.last_done, started + 1e-9) - started
-        app.stop(drain=not failed)
         metrics = app.metrics()
-        checkpoints = app.checkpoints()["user_totals"]
+        progress.update(task, completed=int(metrics["records_done"]))
+        checkpoints = app.checkpoints()["clicks_per_minute"]
 
-    if failed:
-        console.print(f"[red]the handler failed {metrics['errors']} time(s); stopped[/red]")
+    if errors or metrics["errors"]:
+        console.print(f"[red]the handler failed {metrics['errors']} time(s); stopped {errors}[/red]")
         return 1
 
-    result = totals.result()
-    counted = pc.sum(result["count"]).as_py() or 0
+    windows = totals.windows()
+    counted = sum(pc.sum(t["count"]).as_py() or 0 for _, t in windows)
     if counted != total:
         console.print(f"[red]aggregated {counted:,} events, expected {total:,}[/red]")
         return 1
 
-    summary = Table(title="streamcore demo: clicks per user", show_header=False)
+    summary = Table(title="streamcore demo: clicks per user per minute", show_header=False)
     summary.add_column("figure", style="bold")
     summary.add_column("value", justify="right")
     summary.add_row("records", f"{int(metrics['records_done']):,}")
-    summary.add_row("batches (invocations)", f"{int(metrics['invocations']):,}")
+    summary.add_row("invocations (batches + window closings)", f"{int(metrics['invocations']):,}")
     summary.add_row("shards / batch size", f"{args.shards} / {args.batch_size}")
+    summary.add_row("one-minute windows", f"{len(windows):,}")
     summary.add_row("generate (s)", f"{generate_s:.3f}")
     summary.add_row("put (s)", f"{put_s:.3f}")
     summary.add_row("elapsed, consume (s)", f"{consume_s:.3f}")
     summary.add_row("records/s", f"{total / consume_s:,.0f}")
-    summary.add_row("distinct users", f"{result.num_rows:,}")
 
     shards = Table(title="checkpoints")
     shards.add_column("shard", justify="right")
@@ -218,12 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(shard_id), "-" if seq is None else f"{seq:,}", f"{0 if seq is None else seq + 1:,}"
         )
 
-    top = Table(title="top 5 users by count")
+    top = Table(title="top 5 users by count, last 5 windows")
+    top.add_column("window (UTC)")
     top.add_column("user_id")
     top.add_column("count", justify="right")
     top.add_column("sum of value", justify="right")
-    for row in result.slice(0, 5).to_pylist():
-        top.add_row(row["user_id"], f"{row['count']:,}", f"{row['value_sum']:,.2f}")
+    for start, table in windows[-5:]:
+        label = time.strftime("%Y-%m-%d %H:%M", time.gmtime(start))
+        for row in table.slice(0, 5).to_pylist():
+            top.add_row(label, row["user_id"], f"{row['count']:,}", f"{row['value_sum']:,.2f}")
+            label = ""
 
     console.print(summary)
     console.print(shards)
