@@ -28,38 +28,48 @@ class InvalidResponse(Exception):
     """A handler's return value that makes the whole batch fail (SEMANTICS 2.8)."""
 
 
-def failed_seqs(result: Any, seqs: pa.Array) -> list[int]:
-    """The failed seqs a handler reported, validated against the batch's ``seqs``.
+def reported_ids(result: Any, *, state_only_ok: bool = False) -> list[Any]:
+    """The raw identifiers a handler's return value reports as failed (SEMANTICS 2.8, 3.3).
 
     Success is an empty list: None, ``""``, ``[]``, ``{}``, an empty
-    ``BatchFailures`` or ``{"batchItemFailures": None | []}``. Raises
-    ``InvalidResponse`` for anything else that is not a well-formed list of
-    seqs of this batch.
+    ``BatchFailures`` or ``{"batchItemFailures": None | []}`` (and, for a
+    windowed stream handler, ``{"state": ...}`` alone). Raises
+    ``InvalidResponse`` for any other shape; the identifiers themselves are
+    the caller's to check.
     """
     if result is None or (isinstance(result, (str, list, dict)) and not result):
         return []
     if isinstance(result, BatchFailures):
-        ids = result.ids
-    elif isinstance(result, dict):
-        if "batchItemFailures" not in result:
-            if set(result) <= {"state"}:
-                return []
-            raise InvalidResponse(f"response has no batchItemFailures: keys {sorted(result)}")
-        items = result["batchItemFailures"]
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise InvalidResponse(f"batchItemFailures is {type(items).__name__}, expected a list")
-        ids = []
-        for item in items:
-            if not isinstance(item, dict) or "itemIdentifier" not in item:
-                raise InvalidResponse(f"batch item failure {item!r} has no itemIdentifier")
-            ids.append(item["itemIdentifier"])
-    else:
+        return list(result.ids)
+    if not isinstance(result, dict):
         raise InvalidResponse(
             f"handler returned {type(result).__name__}; expected None, sc.BatchFailures "
             "or {'batchItemFailures': [...]}"
         )
+    if "batchItemFailures" not in result:
+        if state_only_ok and set(result) <= {"state"}:
+            return []
+        raise InvalidResponse(f"response has no batchItemFailures: keys {sorted(map(str, result))}")
+    items = result["batchItemFailures"]
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise InvalidResponse(f"batchItemFailures is {type(items).__name__}, expected a list")
+    ids = []
+    for item in items:
+        if not isinstance(item, dict) or "itemIdentifier" not in item:
+            raise InvalidResponse(f"batch item failure {item!r} has no itemIdentifier")
+        ids.append(item["itemIdentifier"])
+    return ids
+
+
+def failed_seqs(result: Any, seqs: pa.Array) -> list[int]:
+    """The failed seqs a stream handler reported, validated against the batch's ``seqs``.
+
+    Raises ``InvalidResponse`` for a malformed response or an identifier that is
+    not a seq of this batch.
+    """
+    ids = reported_ids(result, state_only_ok=True)
     if not ids:
         return []
     out = []

@@ -31,10 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamcore.batch import Batch, BatchFailures
+from streamcore.batch import Batch
 from streamcore.clock import Clock
 from streamcore.errors import ConfigError
-from streamcore.failures import InvalidResponse
+from streamcore.failures import InvalidResponse, reported_ids
 from streamcore.options import DEFAULT_MAX_BATCH_BYTES
 from streamcore.sources.queue import QueueBase, Received
 
@@ -172,28 +172,7 @@ def failed_message_ids(result: Any) -> list[Any]:
     batch fails) for any other value that is not a well-formed list of
     non-empty identifiers.
     """
-    if result is None or (isinstance(result, (str, list, dict)) and not result):
-        return []
-    if isinstance(result, BatchFailures):
-        ids = list(result.ids)
-    elif isinstance(result, dict):
-        if "batchItemFailures" not in result:
-            raise InvalidResponse(f"response has no batchItemFailures: keys {sorted(map(str, result))}")
-        items = result["batchItemFailures"]
-        if items is None:
-            return []
-        if not isinstance(items, list):
-            raise InvalidResponse(f"batchItemFailures is {type(items).__name__}, expected a list")
-        ids = []
-        for item in items:
-            if not isinstance(item, dict) or "itemIdentifier" not in item:
-                raise InvalidResponse(f"batch item failure {item!r} has no itemIdentifier")
-            ids.append(item["itemIdentifier"])
-    else:
-        raise InvalidResponse(
-            f"handler returned {type(result).__name__}; expected None, sc.BatchFailures "
-            "or {'batchItemFailures': [...]}"
-        )
+    ids = reported_ids(result)
     for item_id in ids:
         if item_id is None or item_id == "":
             raise InvalidResponse(f"itemIdentifier {item_id!r} is empty or null")
