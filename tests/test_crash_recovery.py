@@ -32,7 +32,7 @@ from streamcore import durable
 from streamcore.sources import locallog
 
 WORKER = Path(__file__).with_name("crash_worker.py")
-SRC = Path(__file__).resolve().parent.parent / "python"
+SRC = Path(sc.__file__).resolve().parent.parent  # where this process found streamcore
 
 
 def _env() -> dict[str, str]:

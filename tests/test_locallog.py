@@ -16,7 +16,7 @@ import streamcore as sc
 from streamcore import durable
 from streamcore.sources import locallog
 
-SRC = Path(__file__).resolve().parent.parent / "python"
+SRC = Path(sc.__file__).resolve().parent.parent  # where this process found streamcore
 
 
 def rows(n: int, start: int = 0, keys: int = 7) -> list[dict[str, object]]:

@@ -261,7 +261,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def spawn(code: str, *args: Any) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    env = dict(os.environ, PYTHONPATH=str(Path(sc.__file__).resolve().parent.parent))
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
         env=env,
