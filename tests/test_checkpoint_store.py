@@ -18,7 +18,7 @@ from streamcore import durable
 from streamcore.checkpoints import ShardProgress
 from streamcore.cli import main as cli_main
 
-SRC = Path(__file__).resolve().parent.parent / "python"
+SRC = Path(sc.__file__).resolve().parent.parent  # where this process found streamcore
 
 
 def progress(checkpoint: int, lanes: int = 1, windows: bytes | None = None) -> ShardProgress:
