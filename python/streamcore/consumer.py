@@ -30,7 +30,8 @@ log = logging.getLogger("streamcore")
 
 Handler = Callable[[Batch], Any]
 
-COUNTERS = (
+# The counters every consumer keeps (API.md "Metrics"); each kind adds its own.
+BASE_COUNTERS = (
     "records_in",
     "records_done",
     "invocations",
@@ -40,8 +41,8 @@ COUNTERS = (
     "dead_lettered",
     "throttles",
     "checkpoints_written",
-    "records_expired",
 )
+COUNTERS = (*BASE_COUNTERS, "records_expired")
 
 # Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
 DELIVERY_RETRY_DELAY = 1.0

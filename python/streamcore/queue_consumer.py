@@ -33,6 +33,7 @@ from typing import Any
 
 from streamcore.batch import Batch
 from streamcore.clock import Clock
+from streamcore.consumer import BASE_COUNTERS
 from streamcore.errors import ConfigError
 from streamcore.failures import InvalidResponse, reported_ids
 from streamcore.options import DEFAULT_MAX_BATCH_BYTES
@@ -42,18 +43,7 @@ log = logging.getLogger("streamcore")
 
 Handler = Callable[[Batch], Any]
 
-COUNTERS = (
-    "records_in",
-    "records_done",
-    "invocations",
-    "errors",
-    "retries",
-    "bisects",
-    "dead_lettered",
-    "throttles",
-    "checkpoints_written",
-    "messages_deleted",
-)
+COUNTERS = (*BASE_COUNTERS, "messages_deleted")
 
 # Options of stream consumers only; a queue consumer rejects each by name.
 STREAM_ONLY = (
