@@ -179,8 +179,8 @@ class Scheduler:
                     work.consumer.finish(work, outcome)
                     # This worker looks at the unit next itself: waking another costs more.
                     self._mark(work.consumer, work.unit, wake=False)
-                if not self._in_flight:
-                    self.state_cond.notify()
+                # No notify of the coordinator here: this worker either takes the next work
+                # (nothing for the coordinator to do) or goes idle, which notifies it.
 
     # -- the coordinator -------------------------------------------------------
 

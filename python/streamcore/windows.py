@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -22,10 +23,12 @@ import orjson
 from streamcore.aggregate import Aggregator
 from streamcore.batch import Window
 
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 _BYTES_TAG = "__bytes__"
 _AGGREGATOR_TAG = "__aggregator__"
 
 
+@functools.lru_cache(maxsize=1024)  # every invocation of a window asks for the same one
 def window_bounds(index: int, size_ms: int) -> Window:
     """The ``Window`` of index ``index`` for windows of ``size_ms`` milliseconds."""
     start = index * size_ms / 1000
@@ -73,5 +76,21 @@ def state_nbytes(state: dict[str, Any]) -> int:
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A private copy for one invocation, so a failed one commits nothing."""
-    return copy.deepcopy(state)
+    """A private copy for one invocation, so a failed one commits nothing.
+
+    A deep copy, but values that cannot change in place are shared and an
+    aggregator is copied natively: this runs before every window invocation.
+    """
+    out: dict[str, Any] = {}
+    memo: dict[int, Any] = {}  # one memo: values that share an object still share its copy
+    for key, value in state.items():
+        if type(value) in _IMMUTABLE:
+            out[key] = value
+        elif type(value) is Aggregator:
+            twin = memo.get(id(value))
+            if twin is None:
+                twin = memo[id(value)] = value.copy()
+            out[key] = twin
+        else:
+            out[key] = copy.deepcopy(value, memo)
+    return out

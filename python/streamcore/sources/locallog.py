@@ -484,7 +484,7 @@ class SegmentLog(ShardLog):
             if old.records.num_rows != batch.num_rows:
                 log.warning("%r does not match the records written; not mapped", str(segment.path))
                 return
-            self._chunks[i] = Chunk(first, batch, old.hashes, old.sizes, old.arrival_ms)
+            self._chunks[i] = Chunk(first, batch, old.hashes, old.sizes, old.arrival_ms, old.end_seq)
 
     @property
     def needs_sync(self) -> bool:

@@ -9,6 +9,7 @@ drops whole chunks by age.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -21,10 +22,7 @@ class Chunk:
     hashes: pa.UInt64Array
     sizes: pa.UInt32Array
     arrival_ms: int
-
-    @property
-    def end_seq(self) -> int:
-        return self.first_seq + self.records.num_rows
+    end_seq: int  # one past the last seq: kept, read on every ingest
 
 
 class ShardLog:
@@ -41,22 +39,27 @@ class ShardLog:
         self.schema = pa.schema(
             [("seq", pa.uint64()), ("key", pa.binary()), ("arrival", pa.timestamp("ms", tz="UTC"))]
         )
+        self._empty: pa.RecordBatch | None = None
 
     def append(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
-        chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms)
-        self.schema = records.schema
+        chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms, self.next_seq + records.num_rows)
+        if not records.schema.equals(self.schema):
+            self.schema = records.schema
+            self._empty = None
         self._chunks.append(chunk)
         self._starts.append(chunk.first_seq)
         self.next_seq = chunk.end_seq
 
-    def chunks_from(self, seq: int) -> list[tuple[Chunk, int]]:
-        """Chunks holding seqs >= ``seq``, each with the index of its first such record."""
-        i = max(bisect.bisect_right(self._starts, seq) - 1, 0)
-        out = []
-        for chunk in self._chunks[i:]:
+    def chunks_from(self, seq: int) -> Iterator[tuple[Chunk, int]]:
+        """Chunks holding seqs >= ``seq``, each with the index of its first such record.
+
+        Lazy: a reader usually wants only the next few chunks of a long log.
+        """
+        chunks = self._chunks
+        for i in range(max(bisect.bisect_right(self._starts, seq) - 1, 0), len(chunks)):
+            chunk = chunks[i]
             if chunk.end_seq > seq:
-                out.append((chunk, max(seq - chunk.first_seq, 0)))
-        return out
+                yield chunk, max(seq - chunk.first_seq, 0)
 
     def read(self, first_seq: int, count: int) -> pa.RecordBatch:
         """Records ``first_seq .. first_seq + count - 1``: a zero-copy slice within one chunk."""
@@ -79,8 +82,10 @@ class ShardLog:
 
     def empty(self) -> pa.RecordBatch:
         """No records, with this shard's schema (what a closing window invocation gets)."""
-        schema = self._chunks[-1].records.schema if self._chunks else self.schema
-        return pa.RecordBatch.from_pylist([], schema=schema)
+        empty = self._empty
+        if empty is None:  # made once per schema: building one costs ~100 us
+            empty = self._empty = pa.RecordBatch.from_pylist([], schema=self.schema)
+        return empty
 
     def chunk_start(self, seq: int) -> int:
         """First seq of the chunk holding ``seq``."""
