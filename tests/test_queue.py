@@ -253,6 +253,64 @@ def test_redrive_after_max_receive_count(make: QueueFactory) -> None:
     assert moved.column("receive_count").to_pylist() == [1, 1]  # new messages in the DLQ
 
 
+@pytest.mark.parametrize("fifo", [False, True])
+def test_refused_redrive_is_kept_and_retried(make: QueueFactory, fifo: bool) -> None:
+    """A dead-letter queue that refuses a redrive loses nothing: it is tried again later."""
+    clock = sc.VirtualClock()
+    dead = make(name="dlq", clock=clock, fifo=fifo)
+    queue = make(clock=clock, fifo=fifo, visibility_timeout=5, max_receive_count=1, dead_letter=dead)
+    extra = {"group_ids": ["g", "g"], "dedup_ids": ["1", "2"]} if fifo else {}
+    queue.send([b"a", b"b"], **extra)
+    assert queue.receive(10).num_rows == 2
+    clock.advance(5)
+    real_send = dead.send
+    refusals = []
+
+    def refuse(*args: Any, **kwargs: Any) -> list[str]:
+        refusals.append(1)
+        raise OSError("dead-letter queue unavailable")
+
+    dead.send = refuse  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="unavailable"):
+        queue.receive(10)
+    assert len(queue) == 2  # still held by this queue
+    assert dead.receive(10).num_rows == 0
+    assert queue.receive(10).num_rows == 0  # not yet due again: nothing tried
+    assert refusals == [1]
+    clock.advance(5)
+    dead.send = real_send  # type: ignore[method-assign]
+    assert queue.receive(10).num_rows == 0  # the retry hands them over
+    assert len(queue) == 0
+    assert bodies(dead.receive(10)) == [b"a", b"b"]
+
+
+def test_refused_redrive_is_retried_by_a_consumer(make: QueueFactory) -> None:
+    clock = sc.VirtualClock()
+    dead = make(name="dlq", clock=clock)
+    queue = make(clock=clock, visibility_timeout=5, max_receive_count=1, dead_letter=dead)
+    queue.send([b"a", b"b", b"c"])
+    real_send = dead.send
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> list[str]:
+        calls.append(clock.now())
+        if len(calls) < 3:
+            raise OSError("dead-letter queue unavailable")
+        return real_send(*args, **kwargs)
+
+    dead.send = flaky  # type: ignore[method-assign]
+    with sc.App(clock=clock) as app:
+
+        @app.consumer(queue, name="q", batch_size=10)
+        def handle(batch: sc.Batch) -> None:
+            raise RuntimeError("poison")
+
+        app.run(until_idle=True)
+    assert len(calls) == 3 and calls[1] - calls[0] >= 5 and calls[2] - calls[1] >= 5
+    assert len(queue) == 0
+    assert sorted(bodies(dead.receive(10))) == [b"a", b"b", b"c"]
+
+
 def test_redrive_keeps_structured_payloads(make: QueueFactory) -> None:
     clock = sc.VirtualClock()
     dead = make(name="dlq", clock=clock)

@@ -89,7 +89,23 @@ class DeadLetters:
     group_ids: list[str] | None  # FIFO: each message's group
     dedup_ids: list[str] | None  # FIFO: the original message ids (unique)
     count: int
-    receipt: Any = None  # LocalQueue: what to delete once the dead-letter queue has them
+    # LocalQueue: what to delete once the dead-letter queue has them; MemoryQueue: the
+    # seconds to wait before trying again if it refuses them.
+    receipt: Any = None
+
+
+def merge_dead_letters(parts: list[DeadLetters], receipt: Any) -> DeadLetters:
+    """One hand-over of several redrives, in order."""
+    if len(parts) == 1:
+        return DeadLetters(parts[0].payload, parts[0].group_ids, parts[0].dedup_ids, parts[0].count, receipt)
+    fifo = parts[0].group_ids is not None
+    return DeadLetters(
+        pa.concat_tables([p.payload for p in parts]),
+        [g for p in parts for g in p.group_ids or ()] if fifo else None,
+        [i for p in parts for i in p.dedup_ids or ()] if fifo else None,
+        sum(p.count for p in parts),
+        receipt,
+    )
 
 
 @dataclass(slots=True)
@@ -556,6 +572,9 @@ class MemoryQueue(QueueBase):
         self._free_groups: list[int] = []
         self._dedup: dict[Any, tuple[int, float]] = {}
         self._dedup_order: deque[tuple[float, Any]] = deque()
+        # Redriven messages the dead-letter queue refused: (retry at, messages). The
+        # native core has let go of them, so this queue holds them until the send works.
+        self._dead_waiting: list[tuple[float, DeadLetters]] = []
 
     # -- sending ---------------------------------------------------------------
 
@@ -696,7 +715,8 @@ class MemoryQueue(QueueBase):
             ) = core.receive(max_n, self.clock.now(), visibility, self.max_receive_count or 0, max_bytes)
             dead = None
             if redriven is not None:
-                dead = self._dead_letters(self._gather_locked(redriven))
+                dead = self._dead_letters(self._gather_locked(redriven), visibility)
+            dead = self._due_dead_locked(dead, visibility)
             if not n:
                 self._collect_locked()
                 if dead is None:
@@ -728,6 +748,26 @@ class MemoryQueue(QueueBase):
                 offsets = pc.subtract(indices.slice(position, count), pa.scalar(chunk_first, pa.int64()))
                 parts.append(chunk.take(offsets))
         return parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+
+    def _due_dead_locked(self, dead: DeadLetters | None, visibility: float) -> DeadLetters | None:
+        """``dead`` plus the refused redrives whose retry time has come (their retry delay is reset)."""
+        now = self.clock.now()
+        due = [d for at, d in self._dead_waiting if at <= now]
+        if not due:
+            return dead
+        self._dead_waiting = [(at, d) for at, d in self._dead_waiting if at > now]
+        if dead is not None:
+            due.append(dead)
+        return merge_dead_letters(due, visibility)
+
+    def _send_dead(self, dead: DeadLetters) -> None:
+        """Hand redriven messages over; if that fails keep them, to try again after the visibility timeout."""
+        try:
+            super()._send_dead(dead)
+        except BaseException:
+            with self._lock:
+                self._dead_waiting.append((self.clock.now() + dead.receipt, dead))
+            raise
 
     def _collect_locked(self) -> None:
         """Drop the payload of chunks whose messages are all gone."""
@@ -764,7 +804,10 @@ class MemoryQueue(QueueBase):
 
     def _receivable(self) -> bool:
         with self._lock:
-            return bool(self._core.receivable(self.clock.now()))
+            now = self.clock.now()
+            if any(at <= now for at, _ in self._dead_waiting):
+                return True
+            return bool(self._core.receivable(now))
 
     def _visible(self) -> int:
         with self._lock:
@@ -772,7 +815,8 @@ class MemoryQueue(QueueBase):
 
     def _next_due(self) -> float:
         with self._lock:
-            return float(self._core.next_due(self.clock.now()))
+            due = float(self._core.next_due(self.clock.now()))
+            return min([due, *(at for at, _ in self._dead_waiting)])
 
     def _oldest_sent_ms(self) -> int | None:
         with self._lock:
@@ -824,10 +868,14 @@ class MemoryQueue(QueueBase):
         self.close()
 
     def __len__(self) -> int:
-        """Messages not yet deleted, redriven or expired (visible, in flight or delayed)."""
+        """Messages not yet deleted, redriven or expired (visible, in flight or delayed).
+
+        Redriven messages that the dead-letter queue refused count too: they stay
+        here until a retry hands them over.
+        """
         with self._lock:
             self._core.advance(self.clock.now())
-            return len(self._core)
+            return len(self._core) + sum(d.count for _, d in self._dead_waiting)
 
     def __repr__(self) -> str:
         kind = "FIFO" if self.fifo else "standard"
