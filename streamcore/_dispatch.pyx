@@ -14,7 +14,7 @@ per-record step here runs without the GIL.
 """
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t, uint8_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memmove
 
 import pyarrow as pa
@@ -44,6 +44,9 @@ cdef int _FINAL = 3
 VERDICT_NAMES = ("retry", "split", "discard")
 
 cdef double _INF = float("inf")
+# Ingests of fewer records keep the GIL: releasing it for a few microseconds of work
+# under the App's lock lets a handler thread take it for a whole switch interval.
+cdef Py_ssize_t _NOGIL_RECORDS = 65536
 
 
 cdef class ShardDispatcher:
@@ -165,6 +168,44 @@ cdef class ShardDispatcher:
             lane.tail = live
         return 0
 
+    cdef int _ingest_rows(self, uint64_t first_seq, const uint64_t* h, const uint32_t* sz,
+                          int64_t arrival_ms, Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil:
+        cdef Py_ssize_t i, k, n_lanes = self.n_lanes
+        cdef Lane* lane
+        cdef Entry* entry
+        cdef uint64_t seq
+        cdef Py_ssize_t* need
+        # Count first, so that each lane grows at most once per chunk.
+        if n_lanes == 1:
+            self._reserve(&self.lanes[0], n - start)
+        else:
+            need = <Py_ssize_t*>calloc(n_lanes, sizeof(Py_ssize_t))
+            if need == NULL:
+                with gil:
+                    raise MemoryError()
+            for i in range(start, n):
+                need[h[i] % <uint64_t>n_lanes] += 1
+            try:
+                for k in range(n_lanes):
+                    if need[k]:
+                        self._reserve(&self.lanes[k], need[k])
+            finally:
+                free(need)
+        for i in range(start, n):
+            lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
+            seq = first_seq + <uint64_t>i
+            if <int64_t>seq <= lane.skip_through:
+                lane.done_seq = <int64_t>seq
+                continue  # done by an earlier run of this consumer
+            if lane.head == lane.tail:
+                lane.pending_since = now
+            entry = &lane.buf[lane.tail]
+            entry.seq = seq
+            entry.arrival_ms = arrival_ms
+            entry.nbytes = sz[i]
+            lane.tail += 1
+        return 0
+
     def ingest(self, uint64_t first_seq, hashes, sizes, int64_t arrival_ms, Py_ssize_t start,
                double now, Py_ssize_t stop=-1):
         """Read records ``first_seq + start .. first_seq + stop - 1`` of one log chunk
@@ -186,41 +227,11 @@ cdef class ShardDispatcher:
         cdef Py_ssize_t hash_off = hashes.offset, size_off = sizes.offset
         cdef const uint64_t* h = (<const uint64_t*>buffer_address(hash_buf)) + hash_off
         cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + size_off
-        cdef Py_ssize_t i, k, n_lanes = self.n_lanes
-        cdef Lane* lane
-        cdef Entry* entry
-        cdef uint64_t seq
-        cdef Py_ssize_t* need = <Py_ssize_t*>malloc(n_lanes * sizeof(Py_ssize_t))
-        if need == NULL:
-            raise MemoryError()
-        try:
+        if n - start >= _NOGIL_RECORDS:
             with nogil:
-                # Count first, so that each lane grows at most once per chunk.
-                if n_lanes == 1:
-                    need[0] = n - start
-                else:
-                    for k in range(n_lanes):
-                        need[k] = 0
-                    for i in range(start, n):
-                        need[h[i] % <uint64_t>n_lanes] += 1
-                for k in range(n_lanes):
-                    if need[k]:
-                        self._reserve(&self.lanes[k], need[k])
-                for i in range(start, n):
-                    lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
-                    seq = first_seq + <uint64_t>i
-                    if <int64_t>seq <= lane.skip_through:
-                        lane.done_seq = <int64_t>seq
-                        continue  # done by an earlier run of this consumer
-                    if lane.head == lane.tail:
-                        lane.pending_since = now
-                    entry = &lane.buf[lane.tail]
-                    entry.seq = seq
-                    entry.arrival_ms = arrival_ms
-                    entry.nbytes = sz[i]
-                    lane.tail += 1
-        finally:
-            free(need)
+                self._ingest_rows(first_seq, h, sz, arrival_ms, start, n, now)
+        else:
+            self._ingest_rows(first_seq, h, sz, arrival_ms, start, n, now)
         self.next_read = first_seq + <uint64_t>n
 
     def drop_before(self, uint64_t seq):
@@ -437,9 +448,8 @@ cdef class ShardDispatcher:
         out_buf = pa.allocate_buffer(8 * n)
         cdef uint64_t* out = <uint64_t*>buffer_address(out_buf)
         cdef Entry* src = &lane.buf[lane.head]
-        with nogil:
-            for i in range(n):
-                out[i] = src[i].seq - base
+        for i in range(n):  # at most a batch: too short to be worth releasing the GIL
+            out[i] = src[i].seq - base
         return pa.Array.from_buffers(pa.uint64(), n, [None, out_buf])
 
     def batch_arrivals(self, Py_ssize_t lane_idx):
