@@ -2,11 +2,28 @@
 
 import pyarrow as pa
 
-def row_nbytes(batch: pa.RecordBatch) -> pa.UInt32Array:
-    """Per-record byte sizes: fixed widths plus offset width and value length of var-length columns."""
+def row_nbytes(batch: pa.RecordBatch, groups: list[int] | None = None) -> pa.UInt32Array:
+    """Per-record byte sizes: fixed widths plus offset width and value length of var-length columns.
+
+    With ``groups``, nested columns count their average per group of consecutive rows.
+    """
 
 def sequence(first: int, n: int) -> pa.UInt64Array:
     """``first, first + 1, ..., first + n - 1``."""
 
+def ranges(firsts: list[int], counts: list[int]) -> pa.UInt64Array:
+    """Runs of ``counts[g]`` consecutive values from ``firsts[g]``, concatenated."""
+
+def repeat64(value: int, n: int, dtype: pa.DataType) -> pa.Array:
+    """``value`` ``n`` times as an array of ``dtype``, a 64-bit fixed-width type."""
+
 def scatter_sequences(order: pa.Int64Array, starts: list[int], counts: list[int]) -> pa.UInt64Array:
     """Seq of every input row, in input order, after grouping rows by shard with ``order``."""
+
+def scatter_groups(
+    order: pa.Int64Array, starts: list[int], counts: list[int], ids: list[int]
+) -> tuple[pa.Int64Array, pa.UInt64Array]:
+    """Group id and seq of every input row, in input order, after grouping rows with ``order``."""
+
+def gather(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.Array]:
+    """``[a.take(order) for a in arrays]`` for a permutation ``order``, natively where the type allows."""

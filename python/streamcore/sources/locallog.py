@@ -711,9 +711,8 @@ class LocalLog(MemoryStream):
             return super().put(data, key, keys=keys)
 
     def _store_locked(
-        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]], arrival_ms: int
+        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]], arrival_ms: int
     ) -> None:
-        sizes = [_arrow.row_nbytes(records) for _, records, _ in pending]
         # The disk I/O runs without the read lock, so consumers go on reading
         # meanwhile; self._put_lock keeps other puts (and seq assignment) out.
         self._lock.release()
@@ -721,14 +720,14 @@ class LocalLog(MemoryStream):
             self._write(pending)
         finally:
             self._lock.acquire()
-        for (shard_log, records, hashes), size in zip(pending, sizes, strict=True):
+        for shard_log, records, hashes, sizes in pending:
             assert isinstance(shard_log, SegmentLog)
-            shard_log.publish(records, hashes, size, arrival_ms)
+            shard_log.publish(records, hashes, sizes, arrival_ms)
 
-    def _write(self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]]) -> None:
+    def _write(self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]]) -> None:
         started: list[SegmentLog] = []
         try:
-            for shard_log, records, _ in pending:
+            for shard_log, records, _, _ in pending:
                 assert isinstance(shard_log, SegmentLog)
                 started.append(shard_log)
                 shard_log.write(records)

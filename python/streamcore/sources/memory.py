@@ -16,6 +16,7 @@ from streamcore.sources.ingest import check_reserved, key_column, to_table
 from streamcore.sources.shardlog import ShardLog
 
 ARRIVAL_TYPE = pa.timestamp("ms", tz="UTC")
+RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("seq", pa.uint64())])
 PutListener = Callable[["MemoryStream", list[int]], None]
 
 
@@ -77,6 +78,16 @@ class MemoryStream:
         """Open shards (those that accept puts), in hash-range order."""
         return list(self._open)
 
+    @property
+    def all_shard_ids(self) -> list[int]:
+        """Every shard held, open or closed by a reshard, in id order (parents before children)."""
+        return sorted(self._logs)
+
+    @property
+    def shard_count(self) -> int:
+        """How many shards are held, open or closed."""
+        return len(self._logs)
+
     def shard_log(self, shard_id: int) -> ShardLog:
         return self._logs[shard_id]
 
@@ -106,7 +117,7 @@ class MemoryStream:
             raise InvalidRecordsError(f"stream {self.name!r} is closed")
         table = to_table(data, payload_column="data")
         if table.num_rows == 0:
-            return pa.table({"shard": pa.array([], pa.int64()), "seq": pa.array([], pa.uint64())})
+            return RESULT_SCHEMA.empty_table()
         check_reserved(table, key if keys is None else None)
         keys_col = key_column(table, key, keys)
         hashes = _hashing.hash_array(keys_col)  # raises on null or unsupported keys
@@ -126,46 +137,52 @@ class MemoryStream:
         table = self._conform(table, keys.type)
         arrival_ms = int(self.clock.now() * 1000)
         open_logs = [self._logs[s] for s in self._open]
-        owner, order, counts = _partition.partition(hashes, [log.range_start for log in open_logs])
         n = table.num_rows
         payload = table.combine_chunks()
         names = payload.column_names
         columns = [c.chunk(0) if c.num_chunks == 1 else c.combine_chunks() for c in payload.columns]
+        firsts = [log.next_seq for log in open_logs]
         if len(open_logs) > 1:
-            # Group rows by shard: one take per column (Table.take is slower), and the key
-            # column only once when it is also a payload column.
+            _, order, counts = _partition.partition(hashes, [log.range_start for log in open_logs])
+            # Group rows by shard: every column in one native pass, the key column
+            # only once when it is also a payload column.
             key_index = names.index(key_name) if key_name in names else -1
-            columns = [c.take(order) for c in columns]
-            keys = columns[key_index] if key_index >= 0 else keys.take(order)
-            hashes = hashes.take(order)
-        starts = [log.next_seq for log in open_logs]
-        pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]] = []
+            extra = [hashes] if key_index >= 0 else [hashes, keys]
+            gathered = _arrow.gather([*columns, *extra], order)
+            columns, hashes = gathered[: len(columns)], gathered[len(columns)]
+            keys = columns[key_index] if key_index >= 0 else gathered[-1]
+            seqs = _arrow.ranges(firsts, counts)
+            ids = [log.shard_id for log in open_logs]
+            shards, row_seqs = _arrow.scatter_groups(order, firsts, counts, ids)
+        else:  # one shard: input order is shard order
+            counts = [n]
+            seqs = row_seqs = _arrow.sequence(firsts[0], n)
+            shards = _arrow.repeat64(open_logs[0].shard_id, n, pa.int64())
+        # One batch for the whole put, sliced per shard: slices cost ~1 us, building
+        # a batch per shard several times that.
+        records = pa.RecordBatch.from_arrays(
+            [seqs, keys, _arrow.repeat64(arrival_ms, n, ARRIVAL_TYPE), *columns],
+            names=["seq", "key", "arrival", *names],
+        )
+        sizes = _arrow.row_nbytes(records, counts)
+        pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]] = []
         offset = 0
         for log, count in zip(open_logs, counts, strict=True):
-            if not count:
-                continue
-            records = pa.RecordBatch.from_arrays(
-                [
-                    _arrow.sequence(log.next_seq, count),
-                    keys.slice(offset, count),
-                    pa.repeat(pa.scalar(arrival_ms, ARRIVAL_TYPE), count),
-                    *(column.slice(offset, count) for column in columns),
-                ],
-                names=["seq", "key", "arrival", *names],
-            )
-            pending.append((log, records, hashes.slice(offset, count)))
-            offset += count
+            if count:
+                pending.append(
+                    (
+                        log,
+                        records.slice(offset, count),
+                        hashes.slice(offset, count),
+                        sizes.slice(offset, count),
+                    )
+                )
+                offset += count
         self._store_locked(pending, arrival_ms)
-        touched = [log.shard_id for log, _, _ in pending]
+        touched = [log.shard_id for log, _, _, _ in pending]
         self._expire_locked(arrival_ms)
         listeners = list(self._listeners)
-        shard_ids = pa.array([log.shard_id for log in open_logs], pa.int64())
-        result = pa.table(
-            {
-                "shard": shard_ids.take(owner),
-                "seq": _arrow.scatter_sequences(order, starts, counts),
-            }
-        )
+        result = pa.Table.from_arrays([shards, row_seqs], schema=RESULT_SCHEMA)
         assert result.num_rows == n
         return result, touched, listeners
 
@@ -174,19 +191,22 @@ class MemoryStream:
         return ShardLog(shard_id, start, end)
 
     def _store_locked(
-        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]], arrival_ms: int
+        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]], arrival_ms: int
     ) -> None:
-        """Make one put's records visible: ``(log, records, hashes)`` per touched shard.
+        """Make one put's records visible: ``(log, records, hashes, sizes)`` per touched shard.
 
         Called by ``put`` with ``self._lock`` held. A hook: ``LocalLog`` first writes
         the records to disk (releasing the lock around the I/O; it serialises puts
         itself) and appends them here only once they are durable.
         """
-        for log, records, hashes in pending:
-            log.append(records, hashes, _arrow.row_nbytes(records), arrival_ms)
+        for log, records, hashes, sizes in pending:
+            log.append(records, hashes, sizes, arrival_ms)
 
     def _conform(self, table: pa.Table, key_type: pa.DataType) -> pa.Table:
         """Check a put against the stream's schema (set by the first put); reorder columns."""
+        known = self._payload_schema
+        if known is not None and key_type == self._key_type and table.schema.equals(known):
+            return table  # the usual case, without building a schema (equals ignores metadata)
         schema = pa.schema([f.remove_metadata() for f in table.schema]).remove_metadata()
         if self._payload_schema is None or self._key_type is None:
             self._payload_schema, self._key_type = schema, key_type

@@ -1,0 +1,209 @@
+"""streamcore._arrow.gather and the put helpers, checked against pyarrow's own kernels."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcore import _arrow
+
+UTC = dt.timezone.utc
+
+
+def ints(bits: int, signed: bool) -> st.SearchStrategy[int]:
+    if signed:
+        return st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return st.integers(0, 2**bits - 1)
+
+
+DECIMALS = st.decimals(-(10**6), 10**6, places=2, allow_nan=False, allow_infinity=False)
+TIMES = st.datetimes(dt.datetime(1970, 1, 1), dt.datetime(2200, 1, 1))
+SHORT_BYTES = st.binary(max_size=40)  # both sides of the 16- and 32-byte copy paths
+SHORT_TEXT = st.text(max_size=30)
+
+# Natively gathered types, each with a strategy for its values (None is added).
+NATIVE: list[tuple[pa.DataType, st.SearchStrategy[Any]]] = [
+    (pa.int8(), ints(8, True)),
+    (pa.int16(), ints(16, True)),
+    (pa.int32(), ints(32, True)),
+    (pa.int64(), ints(64, True)),
+    (pa.uint8(), ints(8, False)),
+    (pa.uint16(), ints(16, False)),
+    (pa.uint32(), ints(32, False)),
+    (pa.uint64(), ints(64, False)),
+    (pa.float32(), st.floats(width=32, allow_nan=False)),
+    (pa.float64(), st.floats(allow_nan=False)),
+    (pa.bool_(), st.booleans()),
+    (pa.utf8(), SHORT_TEXT),
+    (pa.large_utf8(), SHORT_TEXT),
+    (pa.binary(), SHORT_BYTES),
+    (pa.large_binary(), SHORT_BYTES),
+    (pa.binary(3), st.binary(min_size=3, max_size=3)),
+    (pa.binary(5), st.binary(min_size=5, max_size=5)),  # an odd width: memcpy per value
+    (pa.timestamp("ms", tz="UTC"), TIMES.map(lambda t: t.replace(tzinfo=UTC))),
+    (pa.timestamp("us"), TIMES),
+    (pa.date32(), st.dates()),
+    (pa.date64(), st.dates()),
+    (pa.time32("s"), st.times().map(lambda t: t.replace(microsecond=0))),
+    (pa.time64("us"), st.times()),
+    (pa.duration("ms"), st.integers(-(10**12), 10**12).map(lambda ms: dt.timedelta(milliseconds=ms))),
+    (pa.decimal128(12, 2), DECIMALS),
+    (pa.decimal256(40, 2), DECIMALS),
+    (
+        pa.month_day_nano_interval(),
+        st.tuples(ints(32, True), ints(32, True), ints(64, True)).map(lambda t: pa.MonthDayNano(list(t))),
+    ),
+]
+
+# Gathered through pyarrow's take.
+FALLBACK: list[tuple[pa.DataType, st.SearchStrategy[Any]]] = [
+    (pa.list_(pa.int32()), st.lists(st.integers(-5, 5), max_size=3)),
+    (
+        pa.struct([("a", pa.int64()), ("b", pa.utf8())]),
+        st.fixed_dictionaries({"a": st.integers(-5, 5), "b": st.text(max_size=3)}),
+    ),
+    (pa.dictionary(pa.int32(), pa.utf8()), st.sampled_from(["x", "yy", "zzz"])),
+    (pa.null(), st.none()),
+]
+
+TYPES = NATIVE + FALLBACK
+
+
+def column(values: st.SearchStrategy[Any], nulls: bool) -> st.SearchStrategy[list[Any]]:
+    item = st.one_of(st.none(), values) if nulls else values
+    return st.lists(item, max_size=60)
+
+
+@st.composite
+def sliced_columns(
+    draw: st.DrawFn, types: list[tuple[pa.DataType, st.SearchStrategy[Any]]]
+) -> list[pa.Array]:
+    """Columns of one length, each built from a longer list and sliced at its own offset."""
+    n = draw(st.integers(0, 40))
+    out = []
+    for dtype, values in types:
+        nulls = draw(st.booleans())
+        item = st.one_of(st.none(), values) if nulls else values
+        before = draw(st.lists(item, max_size=10))
+        middle = draw(st.lists(item, min_size=n, max_size=n))
+        after = draw(st.lists(item, max_size=3))
+        arr = pa.array(before + middle + after, dtype)
+        out.append(arr.slice(len(before), n))
+    return out
+
+
+def check(arrays: list[pa.Array], order: list[int]) -> None:
+    indices = pa.array(order, pa.int64())
+    got = _arrow.gather(arrays, indices)
+    assert len(got) == len(arrays)
+    for arr, result in zip(arrays, got, strict=True):
+        expected = arr.take(indices)
+        result.validate(full=True)
+        assert result.type == arr.type
+        assert result.null_count == expected.null_count
+        assert result.equals(expected), (arr.type, result, expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), index=st.integers(0, len(TYPES) - 1))
+def test_gather_equals_take_for_every_type(data: st.DataObject, index: int) -> None:
+    dtype, values = TYPES[index]
+    nulls = data.draw(st.booleans())
+    arr = pa.array(data.draw(column(values, nulls)), dtype)
+    order = data.draw(st.permutations(list(range(len(arr)))))
+    check([arr], order)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_gather_of_several_sliced_columns(data: st.DataObject) -> None:
+    chosen = data.draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=6))
+    arrays = data.draw(sliced_columns(chosen))
+    order = data.draw(st.permutations(list(range(len(arrays[0])))))
+    check(arrays, order)
+
+
+@settings(max_examples=50, deadline=None)
+@given(bits=st.lists(st.booleans(), min_size=1, max_size=200), data=st.data())
+def test_gather_of_bits_across_bytes(bits: list[bool], data: st.DataObject) -> None:
+    # Boolean values and validity at every bit offset, including a tail of < 8 rows.
+    offset = data.draw(st.integers(0, len(bits) - 1))
+    values = pa.array(bits).slice(offset)
+    with_nulls = pa.array([b if i % 3 else None for i, b in enumerate(bits)]).slice(offset)
+    order = data.draw(st.permutations(list(range(len(values)))))
+    check([values, with_nulls], order)
+
+
+def test_gather_of_long_values_and_a_sliced_order() -> None:
+    values = ["x" * n for n in (0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 100, 1000)]
+    arr = pa.array(values * 3, pa.large_utf8()).slice(2)
+    order = pa.array([99, *reversed(range(len(arr)))], pa.int64()).slice(1)
+    got = _arrow.gather([arr], order)[0]
+    got.validate(full=True)
+    assert got.equals(arr.take(order))
+
+
+def test_gather_of_nothing() -> None:
+    empty = pa.array([], pa.int64())
+    assert _arrow.gather([], empty) == []
+    got = _arrow.gather([pa.array([], pa.utf8()), pa.array([1, 2], pa.int8()).slice(2)], empty)
+    assert [a.type for a in got] == [pa.utf8(), pa.int8()]
+    assert [len(a) for a in got] == [0, 0]
+
+
+def test_gather_rejects_bad_orders() -> None:
+    arr = pa.array(["", "", "abc"])
+    with pytest.raises(TypeError, match="int64"):
+        _arrow.gather([arr], pa.array([0, 1, 2], pa.int32()))
+    with pytest.raises(TypeError, match="int64"):
+        _arrow.gather([arr], pa.array([0, None, 2], pa.int64()))
+    with pytest.raises(ValueError, match="has 3 rows, order has 2"):
+        _arrow.gather([arr], pa.array([0, 1], pa.int64()))
+    with pytest.raises(ValueError, match="not a permutation"):
+        _arrow.gather([arr], pa.array([2, 2, 2], pa.int64()))
+
+
+def test_ranges_repeat64_and_scatter_groups() -> None:
+    assert _arrow.ranges([5, 100, 7], [2, 0, 3]).to_pylist() == [5, 6, 7, 8, 9]
+    assert _arrow.ranges([], []).to_pylist() == []
+    assert _arrow.sequence(2**64 - 2, 2).to_pylist() == [2**64 - 2, 2**64 - 1]
+    with pytest.raises(ValueError):
+        _arrow.ranges([1], [-1])
+
+    arrival = _arrow.repeat64(1_700_000_000_123, 3, pa.timestamp("ms", tz="UTC"))
+    assert arrival.equals(pa.repeat(pa.scalar(1_700_000_000_123, pa.timestamp("ms", tz="UTC")), 3))
+    assert _arrow.repeat64(-1, 2, pa.int64()).to_pylist() == [-1, -1]
+    with pytest.raises(TypeError):
+        _arrow.repeat64(1, 2, pa.int32())
+
+    # rows 0..4 in groups [1, 3] and [0, 2, 4]
+    order = pa.array([1, 3, 0, 2, 4], pa.int64())
+    shards, seqs = _arrow.scatter_groups(order, [10, 20], [2, 3], [7, 9])
+    assert shards.to_pylist() == [9, 7, 9, 7, 9]
+    assert seqs.to_pylist() == [20, 10, 21, 11, 22]
+    assert _arrow.scatter_sequences(order, [10, 20], [2, 3]).equals(seqs)
+
+
+def test_row_nbytes_by_groups_equals_row_nbytes_of_each_slice() -> None:
+    batch = pa.record_batch(
+        {
+            "s": pa.array(["a", "bbbb", None, "cc", "", "dddddd"]),
+            "l": pa.array([[1], [1, 2, 3, 4], [], None, [5, 6], [7]], pa.list_(pa.int64())),
+            "f": pa.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        }
+    ).slice(0, 6)
+    groups = [2, 0, 3, 1]
+    expected: list[int] = []
+    start = 0
+    for count in groups:
+        if count:
+            expected += _arrow.row_nbytes(batch.slice(start, count)).to_pylist()
+        start += count
+    assert _arrow.row_nbytes(batch, groups).to_pylist() == expected
+    with pytest.raises(ValueError, match="groups add up"):
+        _arrow.row_nbytes(batch, [1])
