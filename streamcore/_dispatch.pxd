@@ -56,6 +56,7 @@ cdef class ShardDispatcher:
     cdef readonly int64_t window_ms
     cdef readonly uint64_t next_read
     cdef readonly int64_t in_flight
+    cdef readonly bint at_end  # the shard is closed and every record of it was read
     cdef Py_ssize_t rr
 
     cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil

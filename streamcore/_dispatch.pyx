@@ -103,6 +103,7 @@ cdef class ShardDispatcher:
         self.batch_window = batch_window
         self.next_read = start_seq
         self.in_flight = 0
+        self.at_end = False
         self.rr = 0
         self.bisect = bisect
         self.max_retries = max_retries
@@ -345,9 +346,12 @@ cdef class ShardDispatcher:
             return lane.retry_at
         if lane.head == lane.tail:
             if lane.open_window != NO_WINDOW:
-                # An idle lane closes its window once the window's end passed on the clock.
+                # An idle lane closes its window once the window's end passed on the clock,
+                # or at once at the end of a closed shard (SEMANTICS 0.6).
                 count[0] = 1
                 kind[0] = _FINAL
+                if self.at_end:
+                    return -_INF
                 return <double>((lane.open_window + 1) * self.window_ms) / 1000.0
             return _INF
         if (lane.open_window != NO_WINDOW and not lane.n_pinned
@@ -646,6 +650,23 @@ cdef class ShardDispatcher:
         return -1
 
     # -- progress --------------------------------------------------------------
+
+    def end_of_shard(self):
+        """The shard is closed (resharded) and everything of it was read: open windows
+        close as soon as their lanes are idle."""
+        self.at_end = True
+
+    def finished(self):
+        """At the end of a closed shard with nothing left to do: no record pending,
+        nothing in flight, no window open."""
+        cdef Py_ssize_t i
+        if not self.at_end or self.in_flight:
+            return False
+        for i in range(self.n_lanes):
+            if (self.lanes[i].head != self.lanes[i].tail or self.lanes[i].open_window != NO_WINDOW
+                    or self.lanes[i].final_pending):
+                return False
+        return True
 
     def checkpoint(self):
         """Highest seq S with every record <= S done (-1 when none is)."""

@@ -51,7 +51,7 @@ DELIVERY_RETRY_DELAY = 1.0
 class ShardState:
     """One shard as one consumer sees it."""
 
-    __slots__ = ("checkpoint", "dispatcher", "key", "last_error", "log", "shard_id", "windows")
+    __slots__ = ("checkpoint", "dispatcher", "ended", "key", "last_error", "log", "shard_id", "windows")
 
     def __init__(self, log: ShardLog, dispatcher: ShardDispatcher, checkpoint: int | None) -> None:
         self.shard_id = log.shard_id
@@ -59,6 +59,8 @@ class ShardState:
         self.log = log
         self.dispatcher = dispatcher
         self.checkpoint = checkpoint  # last reported checkpoint, None before any
+        # A closed (resharded) shard done to its end: SHARD_END, its children may start.
+        self.ended = False
         # Per lane: the last failure's message and whether it was an exception/timeout.
         self.last_error: dict[int, tuple[str | None, bool]] = {}
         # Per lane: the committed state of its open tumbling window.
@@ -131,37 +133,48 @@ class StreamConsumer:
             self.read_ahead = 4 * options.batch_size
         else:
             self.read_ahead = max(64 * options.batch_size, 1 << 20)
-        saved = store.load(name)
+        # Units the scheduler should look at again: children whose parents just ended.
+        self.woken: list[ShardState] = []
+        self._saved = store.load(name)
         self.shards: dict[int, ShardState] = {}
-        for shard_id in stream.shard_ids:
-            log = stream.shard_log(shard_id)
-            progress = saved.get(shard_id)
-            checkpoint = progress.checkpoint if progress is not None and progress.checkpoint >= 0 else None
-            dispatcher = ShardDispatcher(
-                options.parallelization,
-                options.batch_size,
-                options.max_batch_bytes,
-                options.batch_window,
-                self._start_seq(log, checkpoint),
-                options.bisect_on_error,
-                options.max_retries,
-                options.max_record_age,
-                options.retry_backoff,
-                options.tumbling_window or 0.0,
-            )
-            state = ShardState(log, dispatcher, checkpoint)
-            if progress is not None and len(progress.lanes) == options.parallelization:
-                dispatcher.restore_lanes(progress.lanes)
-                if options.tumbling_window:
-                    for lane, (window, window_state) in progress.states.items():
-                        dispatcher.restore_window(lane, window)
-                        state.windows[lane] = window_state
-            self.shards[shard_id] = state
+        for shard_id in stream.all_shard_ids:  # parents before children: ids only grow
+            self._add_shard(shard_id, discovered=False)
 
-    def _start_seq(self, log: ShardLog, saved: int | None) -> int:
+    def _add_shard(self, shard_id: int, *, discovered: bool) -> None:
+        options = self.options
+        log = self.stream.shard_log(shard_id)
+        progress = self._saved.get(shard_id)
+        checkpoint = progress.checkpoint if progress is not None and progress.checkpoint >= 0 else None
+        # A child of a shard this consumer read starts at its beginning, whatever the
+        # starting position (KCL: child leases start at TRIM_HORIZON).
+        from_start = discovered or any(p in self._saved for p in log.parents)
+        dispatcher = ShardDispatcher(
+            options.parallelization,
+            options.batch_size,
+            options.max_batch_bytes,
+            options.batch_window,
+            self._start_seq(log, checkpoint, from_start),
+            options.bisect_on_error,
+            options.max_retries,
+            options.max_record_age,
+            options.retry_backoff,
+            options.tumbling_window or 0.0,
+        )
+        state = ShardState(log, dispatcher, checkpoint)
+        if progress is not None and len(progress.lanes) == options.parallelization:
+            dispatcher.restore_lanes(progress.lanes)
+            if options.tumbling_window:
+                for lane, (window, window_state) in progress.states.items():
+                    dispatcher.restore_window(lane, window)
+                    state.windows[lane] = window_state
+        self.shards[shard_id] = state
+
+    def _start_seq(self, log: ShardLog, saved: int | None, from_start: bool = False) -> int:
         opts = self.options
         if saved is not None:
             start = saved + 1
+        elif from_start:
+            start = log.trim_seq
         elif opts.starting_position == "LATEST":
             start = log.next_seq
         elif opts.starting_position == "AT_TIMESTAMP":
@@ -176,7 +189,22 @@ class StreamConsumer:
     # -- scheduling (under the App lock) ----------------------------------------
 
     def units(self) -> list[ShardState]:
+        if len(self.shards) != self.stream.shard_count:  # a reshard made new shards
+            for shard_id in self.stream.all_shard_ids:
+                if shard_id not in self.shards:
+                    self._add_shard(shard_id, discovered=True)
         return list(self.shards.values())
+
+    def _blocked(self, state: ShardState) -> bool:
+        """Whether a child shard still waits for a parent to reach SHARD_END (SEMANTICS 0.6)."""
+        shards = self.shards
+        return any(p in shards and not shards[p].ended for p in state.log.parents)
+
+    def _end_shard(self, state: ShardState) -> None:
+        """A closed shard is done to its end: checkpoint it there and wake its children."""
+        state.ended = True
+        self._checkpoint(state)
+        self.woken.extend(self.shards[c] for c in state.log.children if c in self.shards)
 
     def workers_wanted(self) -> int:
         return self.options.parallelization * len(self.shards)
@@ -208,14 +236,20 @@ class StreamConsumer:
     def next_work(self, state: ShardState, epoch: int) -> Work | None:
         """Start the shard's next ready action, if any."""
         dispatcher = state.dispatcher
+        if state.ended or (state.log.parents and self._blocked(state)):
+            return None
         if state.log.trim_seq > 0 and dispatcher.checkpoint() + 1 < state.log.trim_seq:
             # Retention removed records this consumer had read but not done: they are lost.
             self.counters["records_expired"] += dispatcher.drop_before(state.log.trim_seq)
             self._checkpoint(state)
         self._ingest(state)
+        if state.log.closed and dispatcher.next_read >= state.log.next_seq and not dispatcher.at_end:
+            dispatcher.end_of_shard()
         now = self.clock.now()
         polled = dispatcher.poll(now)
         if polled is None:
+            if dispatcher.at_end and dispatcher.finished():
+                self._end_shard(state)
             return None
         lane, count, attempt, kind = polled
         self.in_flight += 1

@@ -124,6 +124,9 @@ def log_main(argv: Sequence[str]) -> int:
     table.add_column("next seq", justify="right")
     table.add_column("records", justify="right")
     table.add_column("bytes", justify="right")
+    table.add_column("lineage")
+    opened = set(meta.get("open", [s.shard for s in shards]))
+    parents = {int(d["id"]): d.get("parents", []) for d in meta.get("shards", [])}
     for consumer in consumers:
         table.add_column(f"lag {consumer}", justify="right")
     for s in shards:
@@ -134,6 +137,10 @@ def log_main(argv: Sequence[str]) -> int:
             str(s.next_seq) + (" [yellow](torn tail)[/yellow]" if s.torn else ""),
             f"{s.next_seq - s.first_seq:,}",
             f"{s.nbytes:,}",
+            ", ".join(
+                (["closed"] if s.shard not in opened else [])
+                + [f"from {p}" for p in parents.get(s.shard, [])]
+            ),
         ]
         for entry in consumers.values():
             progress = entry.progress.get(s.shard)

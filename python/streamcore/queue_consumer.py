@@ -240,6 +240,7 @@ class QueueConsumer:
         self.visibility = visibility
         self._poll = getattr(queue, "polls", False) and not clock.virtual
         self._scheduler = scheduler
+        self.woken: list[QueueUnit] = []  # the scheduler protocol's; one unit never waits on another
 
     # -- scheduling (under the App lock) ----------------------------------------
 

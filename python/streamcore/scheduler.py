@@ -44,6 +44,7 @@ class Consumer(Protocol):
 
     source: Any  # the source whose puts/sends wake this consumer
     counters: dict[str, int]
+    woken: list[Any]  # units to look at again (a child shard whose parent ended); drained here
 
     def units(self) -> list[Any]: ...
     def workers_wanted(self) -> int: ...
@@ -123,9 +124,11 @@ class Scheduler:
             for consumer in self.consumers:
                 if consumer.source is source:
                     wanted = set(unit_keys)
-                    for unit in consumer.units():
+                    units = consumer.units()  # may grow: a reshard makes new shards
+                    for unit in units:
                         if unit.key in wanted:
                             self._mark(consumer, unit)
+            self.resize_workers()
             self.state_cond.notify()
 
     def _wake_coordinator(self) -> None:
@@ -141,6 +144,10 @@ class Scheduler:
             except Exception:  # a consumer bug must not kill the worker and hang run()
                 log.exception("next_work of %r failed; its unit waits for the next wake-up", consumer)
                 work = None
+            if consumer.woken:
+                for other in consumer.woken:
+                    self._mark(consumer, other)
+                consumer.woken.clear()
             if work is not None:
                 ready.rotate(-1)  # the shard may have more ready lanes; others go first
                 if len(self._in_flight) + 1 >= self.concurrency and len(ready) > 1:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -65,7 +66,7 @@ from streamcore.durable import (
     write_all,
 )
 from streamcore.errors import ConfigError
-from streamcore.sources.memory import MemoryStream
+from streamcore.sources.memory import MemoryStream, ShardSpec
 from streamcore.sources.shardlog import Chunk, ShardLog
 
 log = logging.getLogger("streamcore")
@@ -274,9 +275,16 @@ class SegmentLog(ShardLog):
     """
 
     def __init__(
-        self, shard_id: int, start: int, end: int, folder: Path, segment_bytes: int, fsync: str
+        self,
+        shard_id: int,
+        start: int,
+        end: int,
+        folder: Path,
+        segment_bytes: int,
+        fsync: str,
+        parents: tuple[int, ...] = (),
     ) -> None:
-        super().__init__(shard_id, start, end)
+        super().__init__(shard_id, start, end, parents)
         self.folder = folder
         self.segment_bytes = segment_bytes
         self.fsync = fsync
@@ -547,6 +555,36 @@ class SegmentLog(ShardLog):
 # -- the stream --------------------------------------------------------------------
 
 
+def _layout(meta: dict[str, Any], meta_path: Path) -> list[ShardSpec]:
+    """The shards a log's description holds, checked: open shards must tile the hash space."""
+    try:
+        specs = [
+            ShardSpec(
+                int(s["id"]),
+                int(s["hash_start"]),
+                int(s["hash_end"]),
+                tuple(int(p) for p in s.get("parents", ())),
+            )
+            for s in meta["shards"]
+        ]
+        ids = {s.shard_id for s in specs}
+        opened = [int(i) for i in meta.get("open", sorted(ids))]
+        specs = [
+            ShardSpec(s.shard_id, s.start, s.end, s.parents, s.shard_id not in opened) for s in specs
+        ]
+        ranges = sorted((s.start, s.end) for s in specs if not s.closed)
+        tiled = bool(ranges) and ranges[0][0] == 0 and ranges[-1][1] == 1 << 64
+        tiled = tiled and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+        if len(ids) != len(specs) or not set(opened) <= ids or not tiled:
+            raise ValueError("the open shards' hash ranges do not cover the hash space once")
+        if any(p not in ids or p >= s.shard_id for s in specs for p in s.parents):
+            raise ValueError("a shard's parent is unknown")
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"{str(meta_path)!r} does not describe a streamcore log: {exc}"
+        raise CorruptFileError(msg, meta_path) from None
+    return specs
+
+
 class LocalLog(MemoryStream):
     """A durable ``MemoryStream``: the same API and semantics, stored in a directory.
 
@@ -615,12 +653,9 @@ class LocalLog(MemoryStream):
                 raise CorruptFileError(msg, self.path)
         self._files_lock = FileLock(self.path / LOCK_NAME, f"the log {str(self.path)!r}")
         try:
-            meta = self._open_meta(meta_path, shards, name)
-            super().__init__(len(meta["shards"]), name=meta["name"], retention=retention, clock=clock)
-            ranges = [(log.range_start, log.range_end) for log in self._logs.values()]
-            stored = [(s["hash_start"], s["hash_end"]) for s in meta["shards"]]
-            if ranges != stored:
-                raise CorruptFileError(f"{str(meta_path)!r}: unexpected hash ranges", meta_path)
+            self._meta = self._open_meta(meta_path, shards, name)
+            self._layout = _layout(self._meta, meta_path)
+            super().__init__(len(self._layout), name=self._meta["name"], retention=retention, clock=clock)
             self._restore_schema()
             known = {META_NAME, LOCK_NAME, *(SHARD_DIR.format(s) for s in self._logs)}
             for entry in sorted(self.path.iterdir()):
@@ -651,8 +686,9 @@ class LocalLog(MemoryStream):
             except (ValueError, KeyError, TypeError) as exc:
                 msg = f"{str(meta_path)!r} does not describe a streamcore log: {exc}"
                 raise CorruptFileError(msg, meta_path) from None
+            count = len(meta.get("open", meta["shards"]))
             if shards is not None and shards != count:
-                allowed = f"{count} (the log {str(self.path)!r} has {count} shards) or None"
+                allowed = f"{count} (the log {str(self.path)!r} has {count} open shards) or None"
                 raise ConfigError("shards", shards, allowed)
             if name is not None and name != stored_name:
                 allowed = f"{stored_name!r} (the name the log was created with) or None"
@@ -688,9 +724,40 @@ class LocalLog(MemoryStream):
                 self._payload_schema = pa.schema(payload)
                 return
 
-    def _new_log(self, shard_id: int, start: int, end: int) -> ShardLog:
+    def _initial_shards(self, shards: int) -> list[ShardSpec]:
+        return self._layout
+
+    def _new_log(self, shard_id: int, start: int, end: int, parents: tuple[int, ...] = ()) -> ShardLog:
         folder = self.path / SHARD_DIR.format(shard_id)
-        return SegmentLog(shard_id, start, end, folder, self.segment_bytes, self.fsync)
+        return SegmentLog(shard_id, start, end, folder, self.segment_bytes, self.fsync, parents)
+
+    def _reshard_guard(self) -> contextlib.AbstractContextManager[Any]:
+        return self._put_lock  # no put is between its disk write and its publication
+
+    def _reshard_locked(self, parents: list[ShardLog], children: list[ShardSpec]) -> None:
+        """The new layout is on disk (atomically) before it takes effect, or nothing changes."""
+        closing = {p.shard_id for p in parents}
+        layout = [
+            ShardSpec(s.shard_id, s.start, s.end, s.parents, s.closed or s.shard_id in closing)
+            for s in self._layout
+        ] + children
+        meta = dict(self._meta)
+        meta["shards"] = [
+            {"id": s.shard_id, "hash_start": s.start, "hash_end": s.end, "parents": list(s.parents)}
+            for s in layout
+        ]
+        opened = list(self._open)
+        i = opened.index(parents[0].shard_id)
+        opened[i : i + len(parents)] = [c.shard_id for c in children]
+        meta["open"] = opened
+        meta_path = self.path / META_NAME
+        try:
+            atomic_write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
+        except OSError as exc:
+            msg = f"cannot write {str(meta_path)!r}: {exc.strerror or exc}"
+            raise StorageError(msg, meta_path) from exc
+        self._meta, self._layout = meta, layout
+        super()._reshard_locked(parents, children)
 
     def _segment_logs(self) -> list[SegmentLog]:
         return [shard_log for shard_log in self._logs.values() if isinstance(shard_log, SegmentLog)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -16,6 +18,19 @@ from streamcore.sources.ingest import check_reserved, key_column, to_table
 from streamcore.sources.shardlog import ShardLog
 
 ARRIVAL_TYPE = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """A shard of a stream's layout: id, hash range ``[start, end)``, lineage, whether closed."""
+
+    shard_id: int
+    start: int
+    end: int
+    parents: tuple[int, ...] = ()
+    closed: bool = False
+
+
 RESULT_SCHEMA = pa.schema([("shard", pa.int64()), ("seq", pa.uint64())])
 PutListener = Callable[["MemoryStream", list[int]], None]
 
@@ -54,13 +69,17 @@ class MemoryStream:
         self._own_clock = clock
         self._app_clock: Clock | None = None
         self._lock = threading.Lock()
-        starts = _partition.even_ranges(shards)
-        ends = [*starts[1:], 1 << 64]
-        self._logs: dict[int, ShardLog] = {
-            i: self._new_log(i, start, end)
-            for i, (start, end) in enumerate(zip(starts, ends, strict=True))
-        }
-        self._open: list[int] = list(range(shards))  # open shards, in hash-range order
+        self._logs: dict[int, ShardLog] = {}
+        for spec in self._initial_shards(shards):
+            log = self._logs[spec.shard_id] = self._new_log(spec.shard_id, spec.start, spec.end, spec.parents)
+            log.closed = spec.closed
+        for log in self._logs.values():
+            for parent in log.parents:
+                self._logs[parent].children += (log.shard_id,)
+        # Open shards (those that take puts), in hash-range order: their ranges tile the hash space.
+        self._open: list[int] = sorted(
+            (i for i, log in self._logs.items() if not log.closed), key=lambda i: self._logs[i].range_start
+        )
         self._listeners: list[PutListener] = []
         self._closed = False
         # Fixed by the first put: every record of a stream has one schema.
@@ -186,9 +205,89 @@ class MemoryStream:
         assert result.num_rows == n
         return result, touched, listeners
 
-    def _new_log(self, shard_id: int, start: int, end: int) -> ShardLog:
+    def _initial_shards(self, shards: int) -> list[ShardSpec]:
+        """The shards a new stream starts with (a hook: ``LocalLog`` reads its saved layout)."""
+        starts = _partition.even_ranges(shards)
+        ends = [*starts[1:], 1 << 64]
+        return [ShardSpec(i, start, end) for i, (start, end) in enumerate(zip(starts, ends, strict=True))]
+
+    def _new_log(self, shard_id: int, start: int, end: int, parents: tuple[int, ...] = ()) -> ShardLog:
         """The log of one shard (a hook: ``LocalLog`` returns one backed by segment files)."""
-        return ShardLog(shard_id, start, end)
+        return ShardLog(shard_id, start, end, parents)
+
+    # -- resharding ----------------------------------------------------------------
+
+    def split_shard(self, shard_id: int, at: int | None = None) -> tuple[int, int]:
+        """Split an open shard in two at hash ``at`` (default: the middle of its range).
+
+        The shard is closed: it takes no more puts and its records stay readable.
+        Two new shards take its hash range, ``[start, at)`` and ``[at, end)``.
+        Consumers finish a closed shard (to SHARD_END: every record done, open
+        windows closed) before they start its children, so per-key order holds
+        across the reshard (SEMANTICS 0.6). Returns the two new shard ids.
+        """
+        with self._reshard_guard(), self._lock:
+            parent = self._open_log(shard_id)
+            start, end = parent.range_start, parent.range_end
+            if at is None:
+                at = start + (end - start) // 2
+            if not isinstance(at, int) or isinstance(at, bool) or not start < at < end:
+                raise ValueError(f"at={at!r} is not a hash inside shard {shard_id}'s range ({start}, {end})")
+            first = max(self._logs) + 1
+            children = [ShardSpec(first, start, at, (shard_id,)), ShardSpec(first + 1, at, end, (shard_id,))]
+            self._reshard_locked([parent], children)
+            listeners = list(self._listeners)
+        self._tell(listeners, [first, first + 1])
+        return first, first + 1
+
+    def merge_shards(self, a: int, b: int) -> int:
+        """Merge two open shards with adjacent hash ranges into a new one; returns its id.
+
+        Both are closed, as by ``split_shard``; the new shard starts once both are done.
+        """
+        with self._reshard_guard(), self._lock:
+            if a == b:
+                raise ValueError(f"cannot merge shard {a} with itself")
+            low, high = sorted((self._open_log(a), self._open_log(b)), key=lambda log: log.range_start)
+            if low.range_end != high.range_start:
+                raise ValueError(f"shards {a} and {b} are not adjacent: their hash ranges do not touch")
+            child = max(self._logs) + 1
+            parents = (low.shard_id, high.shard_id)
+            self._reshard_locked([low, high], [ShardSpec(child, low.range_start, high.range_end, parents)])
+            listeners = list(self._listeners)
+        self._tell(listeners, [child])
+        return child
+
+    def _open_log(self, shard_id: int) -> ShardLog:
+        log = self._logs.get(shard_id)
+        if log is None:
+            raise ValueError(f"stream {self.name!r} has no shard {shard_id!r}")
+        if log.closed:
+            raise ValueError(f"shard {shard_id} of stream {self.name!r} is closed (resharded)")
+        return log
+
+    def _reshard_guard(self) -> contextlib.AbstractContextManager[Any]:
+        """Held around a reshard (a hook: ``LocalLog`` holds its put lock, as puts release ``_lock``)."""
+        return contextlib.nullcontext()
+
+    def _reshard_locked(self, parents: list[ShardLog], children: list[ShardSpec]) -> None:
+        """Close ``parents`` (adjacent open shards, in range order) and open ``children`` in their place.
+
+        A hook: ``LocalLog`` also makes the new layout durable before it takes effect.
+        """
+        logs = [self._new_log(c.shard_id, c.start, c.end, c.parents) for c in children]
+        ids = tuple(log.shard_id for log in logs)
+        for parent in parents:
+            parent.closed = True
+            parent.children += ids
+        for log in logs:
+            self._logs[log.shard_id] = log
+        i = self._open.index(parents[0].shard_id)
+        self._open[i : i + len(parents)] = list(ids)
+
+    def _tell(self, listeners: list[PutListener], shard_ids: list[int]) -> None:
+        for listener in listeners:  # outside the lock: listeners take their App's lock
+            listener(self, shard_ids)
 
     def _store_locked(
         self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]], arrival_ms: int

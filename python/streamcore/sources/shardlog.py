@@ -28,10 +28,15 @@ class Chunk:
 class ShardLog:
     """Append-only, seq-addressed records of one shard. The owning stream serialises writes."""
 
-    def __init__(self, shard_id: int, start: int, end: int) -> None:
+    def __init__(self, shard_id: int, start: int, end: int, parents: tuple[int, ...] = ()) -> None:
         self.shard_id = shard_id
         self.range_start = start  # hash range [start, end) this shard owns
         self.range_end = end
+        # Resharding (SEMANTICS 0.6): the shards this one was split or merged from,
+        # those made from it, and whether it still takes puts.
+        self.parents = parents
+        self.children: tuple[int, ...] = ()
+        self.closed = False
         self._chunks: list[Chunk] = []
         self._starts: list[int] = []
         self.next_seq = 0  # seq the next appended record gets
