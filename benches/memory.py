@@ -19,8 +19,8 @@ and the sum of ``value``).
 
 Headline: peak RSS growth per million records in the stream (lower is
 better), against the raw Arrow bytes of the same records. The stream keeps, on
-top of the payload, ``seq`` and ``arrival`` columns and per-record hashes and
-sizes (about 28 bytes a record).
+top of the payload, ``seq`` and ``arrival`` columns and per-record sizes (about
+20 bytes a record); key hashes are recomputed by consumers that need them.
 """
 
 from __future__ import annotations

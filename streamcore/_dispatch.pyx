@@ -212,22 +212,25 @@ cdef class ShardDispatcher:
         """Read records ``first_seq + start .. first_seq + stop - 1`` of one log chunk
         into the lanes (``stop`` -1: to the chunk's end).
 
-        ``hashes`` (uint64) and ``sizes`` (uint32) describe the chunk's records;
-        the chunk's records all arrived at ``arrival_ms``. Records must be read
-        in seq order without gaps: ``first_seq + start`` must be ``next_read``.
+        ``hashes`` (uint64: the key hashes, which pick the lanes; None with one
+        lane) and ``sizes`` (uint32) describe the chunk's records; the chunk's
+        records all arrived at ``arrival_ms``. Records must be read in seq order
+        without gaps: ``first_seq + start`` must be ``next_read``.
         """
-        cdef Py_ssize_t n = len(hashes)
+        cdef Py_ssize_t n = len(sizes)
         if 0 <= stop < n:
             n = stop
         if first_seq + start != self.next_read:
             raise ValueError(f"ingest at seq {first_seq + start}, expected {self.next_read}")
         if start >= n:
             return
-        hash_buf = hashes.buffers()[1]
+        cdef const uint64_t* h = NULL
+        if self.n_lanes > 1:
+            if hashes is None or len(hashes) < n:
+                raise ValueError("ingest needs a key hash per record with more than one lane")
+            h = (<const uint64_t*>buffer_address(hashes.buffers()[1])) + <Py_ssize_t>hashes.offset
         size_buf = sizes.buffers()[1]
-        cdef Py_ssize_t hash_off = hashes.offset, size_off = sizes.offset
-        cdef const uint64_t* h = (<const uint64_t*>buffer_address(hash_buf)) + hash_off
-        cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + size_off
+        cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + <Py_ssize_t>sizes.offset
         if n - start >= _NOGIL_RECORDS:
             with nogil:
                 self._ingest_rows(first_seq, h, sz, arrival_ms, start, n, now)

@@ -46,7 +46,7 @@ class ShardDispatcher:
     def ingest(
         self,
         first_seq: int,
-        hashes: pa.UInt64Array,
+        hashes: pa.UInt64Array | None,
         sizes: pa.UInt32Array,
         arrival_ms: int,
         start: int,

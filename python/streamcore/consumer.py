@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamcore import _hashing
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.batch import Batch
 from streamcore.checkpoints import CheckpointStore, ShardProgress
@@ -225,8 +226,12 @@ class StreamConsumer:
                 dispatcher.skip_to(log.trim_seq)
             for chunk, start in log.chunks_from(dispatcher.next_read):
                 stop = min(chunk.records.num_rows, start + room)
+                hashes = None  # one lane needs no key hashes
+                if dispatcher.n_lanes > 1:
+                    hashes = _hashing.hash_array(chunk.records.column(1).slice(start, stop - start))
                 dispatcher.ingest(
-                    chunk.first_seq, chunk.hashes, chunk.sizes, chunk.arrival_ms, start, now, stop
+                    chunk.first_seq + start, hashes, chunk.sizes.slice(start, stop - start), chunk.arrival_ms,
+                    0, now,
                 )
                 room -= stop - start
                 if room <= 0:

@@ -124,11 +124,11 @@ def log_main(argv: Sequence[str]) -> int:
     table.add_column("next seq", justify="right")
     table.add_column("records", justify="right")
     table.add_column("bytes", justify="right")
+    for consumer in consumers:
+        table.add_column(f"lag {consumer}", justify="right")
     table.add_column("lineage")
     opened = set(meta.get("open", [s.shard for s in shards]))
     parents = {int(d["id"]): d.get("parents", []) for d in meta.get("shards", [])}
-    for consumer in consumers:
-        table.add_column(f"lag {consumer}", justify="right")
     for s in shards:
         row = [
             str(s.shard),
@@ -137,15 +137,13 @@ def log_main(argv: Sequence[str]) -> int:
             str(s.next_seq) + (" [yellow](torn tail)[/yellow]" if s.torn else ""),
             f"{s.next_seq - s.first_seq:,}",
             f"{s.nbytes:,}",
-            ", ".join(
-                (["closed"] if s.shard not in opened else [])
-                + [f"from {p}" for p in parents.get(s.shard, [])]
-            ),
         ]
         for entry in consumers.values():
             progress = entry.progress.get(s.shard)
             done_through = progress.checkpoint if progress is not None else -1
             row.append(f"{s.next_seq - max(done_through + 1, s.first_seq):,}")
+        lineage = ["closed"] if s.shard not in opened else []
+        row.append(", ".join(lineage + [f"from {p}" for p in parents.get(s.shard, [])]))
         table.add_row(*row)
     console.print(table)
     return status

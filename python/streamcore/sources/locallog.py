@@ -14,8 +14,8 @@ Each ``put`` writes, per touched shard, its records (the columns a consumer
 sees: ``seq``, ``key``, ``arrival`` and the payload) as one IPC record batch at
 the end of the shard's active segment, then syncs as configured, and only then
 makes them visible to consumers and returns: what ``put`` acknowledged is on
-disk, and what it did not is never read back. The key hashes and record sizes
-the dispatcher needs are recomputed natively on open rather than stored.
+disk, and what it did not is never read back. The record sizes the dispatcher
+needs are recomputed natively on open rather than stored.
 Segments roll when they reach ``segment_bytes`` (or when a put's schema
 differs: one schema per IPC stream); retention deletes whole segments once all
 their records expired. A sealed segment's records are read back memory-mapped,
@@ -53,7 +53,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from streamcore import _arrow, _hashing, _partition
+from streamcore import _arrow, _partition
 from streamcore.clock import Clock
 from streamcore.durable import (
     CorruptFileError,
@@ -361,8 +361,7 @@ class SegmentLog(ShardLog):
             return
         for batch in scan.batches:
             if batch.num_rows:
-                keys = batch.column(1)
-                self.append(batch, _hashing.hash_array(keys), _arrow.row_nbytes(batch), _arrival_ms(batch))
+                self.append(batch, _arrow.row_nbytes(batch), _arrival_ms(batch))
         self.segments.append(Segment(first, path, end, scan.good_end))
 
     def _truncate(self, path: Path, size: int) -> None:
@@ -433,9 +432,9 @@ class SegmentLog(ShardLog):
                 writer.close()
             self._sealed(writer.segment)
 
-    def publish(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
+    def publish(self, records: pa.RecordBatch, sizes: pa.Array, arrival_ms: int) -> None:
         """Make durable records visible (under the stream's lock)."""
-        self.append(records, hashes, sizes, arrival_ms)
+        self.append(records, sizes, arrival_ms)
         assert self._writer is not None
         self._writer.segment.end_seq = self.next_seq
         for segment in self.segments:
@@ -492,7 +491,7 @@ class SegmentLog(ShardLog):
             if old.records.num_rows != batch.num_rows:
                 log.warning("%r does not match the records written; not mapped", str(segment.path))
                 return
-            self._chunks[i] = Chunk(first, batch, old.hashes, old.sizes, old.arrival_ms, old.end_seq)
+            self._chunks[i] = Chunk(first, batch, old.sizes, old.arrival_ms, old.end_seq)
 
     @property
     def needs_sync(self) -> bool:
@@ -778,7 +777,7 @@ class LocalLog(MemoryStream):
             return super().put(data, key, keys=keys)
 
     def _store_locked(
-        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]], arrival_ms: int
+        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]], arrival_ms: int
     ) -> None:
         # The disk I/O runs without the read lock, so consumers go on reading
         # meanwhile; self._put_lock keeps other puts (and seq assignment) out.
@@ -787,14 +786,14 @@ class LocalLog(MemoryStream):
             self._write(pending)
         finally:
             self._lock.acquire()
-        for shard_log, records, hashes, sizes in pending:
+        for shard_log, records, sizes in pending:
             assert isinstance(shard_log, SegmentLog)
-            shard_log.publish(records, hashes, sizes, arrival_ms)
+            shard_log.publish(records, sizes, arrival_ms)
 
-    def _write(self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]]) -> None:
+    def _write(self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]]) -> None:
         started: list[SegmentLog] = []
         try:
-            for shard_log, records, _, _ in pending:
+            for shard_log, records, _ in pending:
                 assert isinstance(shard_log, SegmentLog)
                 started.append(shard_log)
                 shard_log.write(records)

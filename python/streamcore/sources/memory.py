@@ -166,9 +166,8 @@ class MemoryStream:
             # Group rows by shard: every column in one native pass, the key column
             # only once when it is also a payload column.
             key_index = names.index(key_name) if key_name in names else -1
-            extra = [hashes] if key_index >= 0 else [hashes, keys]
-            gathered = _arrow.gather([*columns, *extra], order)
-            columns, hashes = gathered[: len(columns)], gathered[len(columns)]
+            gathered = _arrow.gather([*columns] if key_index >= 0 else [*columns, keys], order)
+            columns = gathered[: len(columns)]
             keys = columns[key_index] if key_index >= 0 else gathered[-1]
             seqs = _arrow.ranges(firsts, counts)
             ids = [log.shard_id for log in open_logs]
@@ -184,21 +183,14 @@ class MemoryStream:
             names=["seq", "key", "arrival", *names],
         )
         sizes = _arrow.row_nbytes(records, counts)
-        pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]] = []
+        pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]] = []
         offset = 0
         for log, count in zip(open_logs, counts, strict=True):
             if count:
-                pending.append(
-                    (
-                        log,
-                        records.slice(offset, count),
-                        hashes.slice(offset, count),
-                        sizes.slice(offset, count),
-                    )
-                )
+                pending.append((log, records.slice(offset, count), sizes.slice(offset, count)))
                 offset += count
         self._store_locked(pending, arrival_ms)
-        touched = [log.shard_id for log, _, _, _ in pending]
+        touched = [log.shard_id for log, _, _ in pending]
         self._expire_locked(arrival_ms)
         listeners = list(self._listeners)
         result = pa.Table.from_arrays([shards, row_seqs], schema=RESULT_SCHEMA)
@@ -290,16 +282,16 @@ class MemoryStream:
             listener(self, shard_ids)
 
     def _store_locked(
-        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array, pa.Array]], arrival_ms: int
+        self, pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]], arrival_ms: int
     ) -> None:
-        """Make one put's records visible: ``(log, records, hashes, sizes)`` per touched shard.
+        """Make one put's records visible: ``(log, records, sizes)`` per touched shard.
 
         Called by ``put`` with ``self._lock`` held. A hook: ``LocalLog`` first writes
         the records to disk (releasing the lock around the I/O; it serialises puts
         itself) and appends them here only once they are durable.
         """
-        for log, records, hashes, sizes in pending:
-            log.append(records, hashes, sizes, arrival_ms)
+        for log, records, sizes in pending:
+            log.append(records, sizes, arrival_ms)
 
     def _conform(self, table: pa.Table, key_type: pa.DataType) -> pa.Table:
         """Check a put against the stream's schema (set by the first put); reorder columns."""

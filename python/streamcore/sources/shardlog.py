@@ -1,8 +1,9 @@
 """One shard's records in memory: an append-only list of Arrow batches with seqs.
 
 Every chunk is one ``put``'s records for this shard, stored with what the
-dispatcher needs to assemble batches without touching Arrow again: the key
-hash and byte size of every record, and the chunk's arrival time. Retention
+dispatcher needs to assemble batches without touching Arrow again: the byte
+size of every record and the chunk's arrival time. Key hashes are not kept
+(8 bytes a record): a consumer with several lanes hashes the keys it reads. Retention
 drops whole chunks by age.
 """
 
@@ -19,7 +20,6 @@ import pyarrow as pa
 class Chunk:
     first_seq: int
     records: pa.RecordBatch  # seq, key, arrival, payload...
-    hashes: pa.UInt64Array
     sizes: pa.UInt32Array
     arrival_ms: int
     end_seq: int  # one past the last seq: kept, read on every ingest
@@ -46,8 +46,8 @@ class ShardLog:
         )
         self._empty: pa.RecordBatch | None = None
 
-    def append(self, records: pa.RecordBatch, hashes: pa.Array, sizes: pa.Array, arrival_ms: int) -> None:
-        chunk = Chunk(self.next_seq, records, hashes, sizes, arrival_ms, self.next_seq + records.num_rows)
+    def append(self, records: pa.RecordBatch, sizes: pa.Array, arrival_ms: int) -> None:
+        chunk = Chunk(self.next_seq, records, sizes, arrival_ms, self.next_seq + records.num_rows)
         if not records.schema.equals(self.schema):
             self.schema = records.schema
             self._empty = None
