@@ -13,6 +13,10 @@ then the partial results are concatenated and merged with one more
 ``group_by`` (sum of the partial sums and counts). Its cost is dominated by
 the fixed set-up of each ``group_by`` call (DESIGN.md, "Performance model").
 
+Window figures: on an aggregator holding the groups of the first few batches
+(the size of a tumbling window's state in the clickstream benchmark), the cost
+of ``copy()`` + ``update(batch)`` per invocation, of ``copy()`` and of ``result()``.
+
 Also measured, as figures and a second target: one ``group_by`` over the
 whole table at once (pyarrow's best case, which a stream consumer does not
 have: it needs every row in memory first; it may use several threads), and
@@ -41,6 +45,7 @@ BATCH_ROWS = 1000
 REPEAT = 3
 TARGET_RATIO = 2.0  # vs pyarrow per batch + merge
 TARGET_WHOLE_RATIO = 1.0  # vs one pyarrow group_by over the whole table
+WINDOW_BATCHES = 4  # a window's aggregator in the clickstream benchmark holds ~1k groups
 
 
 def best_cpu_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -72,6 +77,36 @@ def native_whole(table: pa.Table) -> pa.Table:
     agg = Aggregator(by=["user_id"], sum=["value"])
     agg.update(table)
     return agg.result()
+
+
+def window_costs(batches: list[pa.RecordBatch], repeat: int) -> tuple[int, float, float, float]:
+    """What a tumbling window pays per invocation, on a window-sized aggregator (the
+    groups of the first ``WINDOW_BATCHES`` batches): its groups, then the us of
+    ``copy()`` + ``update(batch)`` (the framework copies the state before every
+    invocation), of ``copy()`` alone and of ``result()``, each the best of ``repeat``."""
+    window = Aggregator(by=["user_id"], sum=["value"])
+    for batch in batches[:WINDOW_BATCHES]:
+        window.update(batch)
+    more = batches[WINDOW_BATCHES : WINDOW_BATCHES + 50]
+
+    def invocations() -> None:
+        for batch in more:
+            window.copy().update(batch)
+
+    def copies() -> None:
+        for _ in range(200):
+            window.copy()
+
+    def results() -> None:
+        for _ in range(50):
+            window.result()
+
+    return (
+        len(window),
+        best_seconds(invocations, repeat) / len(more) * 1e6,
+        best_seconds(copies, repeat) / 200 * 1e6,
+        best_seconds(results, repeat) / 50 * 1e6,
+    )
 
 
 def pyarrow_per_batch(batches: list[pa.RecordBatch]) -> pa.Table:
@@ -136,6 +171,7 @@ def run(quick: bool) -> dict[str, Any]:
     whole_1t_s = best_seconds(lambda: pyarrow_whole(table, False), REPEAT)
     native_whole_s = best_seconds(lambda: native_whole(table), REPEAT)
 
+    window_groups, invocation_us, copy_us, result_us = window_costs(batches, REPEAT)
     native_cpu = best_cpu_seconds(lambda: native(batches), REPEAT)
     baseline_cpu = best_cpu_seconds(lambda: pyarrow_per_batch(batches), 1)
     whole_1t_cpu = best_cpu_seconds(lambda: pyarrow_whole(table, False), REPEAT)
@@ -191,6 +227,10 @@ def run(quick: bool) -> dict[str, Any]:
             "pyarrow_whole_table_1_thread_cpu_ns_per_row": whole_1t_cpu / n * 1e9,
             "cpu_ratio_vs_pyarrow_per_batch": baseline_cpu / native_cpu,
             "cpu_ratio_vs_pyarrow_whole_table_1_thread": whole_1t_cpu / native_cpu,
+            "window_groups": window_groups,
+            "window_copy_and_update_us_per_batch": invocation_us,
+            "window_copy_us": copy_us,
+            "window_result_us": result_us,
         },
         params={"rows": n, "batch_rows": BATCH_ROWS, "repeat": REPEAT, "quick": quick},
         checksum={"groups": groups, "count": total_count, "value_sum": total_sum},

@@ -1,10 +1,13 @@
 # Layout of the keyed aggregator (see _aggregate.pyx for the algorithm).
 #
 # Groups are numbered 0, 1, 2, ... in order of first appearance. Every
-# per-group array below is indexed by that number and grows by doubling; the
-# open-addressing table maps a key hash to a group number.
+# per-group array below is indexed by that number and grows by doubling when a
+# new group needs room; the open-addressing table maps a key hash to a group
+# number and doubles when it would be more than half full. Arrays that only
+# matter once a null is seen (`nulls`) stay NULL until then, so a table
+# without nulls is smaller and cheaper to copy.
 
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef struct Input:
@@ -17,14 +20,13 @@ cdef struct Input:
 
 cdef struct KeyCol:
     int kind
-    bint any_null           # some group's key is null in this column (else `nulls` is all 0)
     uint64_t* ints          # integer keys: the value, sign- or zero-extended to 64 bits
     int64_t* offs           # binary keys: where group g's record is in the arena: an
     uint8_t* arena          # int64 length, then the bytes (a null key has length 0)
     int64_t arena_len
     int64_t arena_cap
     int64_t key_bytes       # total length of the keys in the arena
-    uint8_t* nulls          # 1 when the group's key is null in this column
+    uint8_t* nulls          # 1 when the group's key is null; NULL while no group's is
     Input inp
 
 
@@ -39,11 +41,13 @@ cdef struct Slot:
 cdef struct ValCol:
     int kind                # kind of the input column
     int flags               # which accumulators exist (HAS_* in _aggregate.pyx)
-    int64_t* nulls          # null values folded (non-null values = count - nulls)
+    int64_t* nulls          # null values folded (non-null values = count - nulls); NULL while none
     uint64_t* sum           # int64 / uint64 / double bits, by the kind's sum type
     double* msum            # float sum for the mean of an integer column (as pyarrow)
     uint64_t* mn            # min / max: int64, uint64 or double bits, by kind
     uint64_t* mx
+    uint64_t mn_init        # what mn / mx of a new group start as (see _value_inits)
+    uint64_t mx_init
     # Inputs: [0] values (update) or the state's non-null counts (merge), then its
     # [1] sum, [2] msum, [3] min, [4] max columns (merge only).
     Input inp[5]
@@ -57,30 +61,32 @@ cdef class GroupTable:
     cdef int64_t n_groups
     cdef int64_t group_cap
     cdef int64_t* counts
-    cdef uint64_t* group_hash
+    cdef uint64_t* group_hash       # the hash of each group's key, for rehashing
     cdef Slot* slots
     cdef uint64_t slot_mask         # capacity - 1; capacity is a power of two
-    cdef uint64_t* scratch_hash
-    cdef int64_t* scratch_gid
     cdef Input in_count
+    # The spec: never mutated after __init__, so copies share these objects.
     cdef list _key_names
     cdef list _key_types
     cdef list _value_names
     cdef list _value_types
     cdef list _value_flags
-    cdef list _key_fields
-    cdef list _value_fields
+    # The last result layout asked for: (names, layout, codes, schema), replaced whole.
+    cdef tuple _out
     cdef object _lock
 
     cdef void _free_groups(self) noexcept nogil
     cdef int _copy(self, GroupTable src) noexcept nogil
-    cdef int _reserve(self, int64_t groups) noexcept nogil
+    cdef int _grow_groups(self, int64_t cap) noexcept nogil
     cdef int _rehash(self, uint64_t capacity) noexcept nogil
-    cdef int64_t _insert(self, int64_t row, uint64_t h, uint64_t* key0) noexcept nogil
-    cdef int _assign(self, int64_t start, int64_t m) noexcept nogil
+    cdef int _make_room(self, uint64_t h, uint64_t* pos) noexcept nogil
+    cdef void _commit(self, int64_t g, uint64_t h, uint64_t pos, uint64_t key0) noexcept nogil
+    cdef int64_t _add(self, int64_t row, uint64_t h, uint64_t pos) noexcept nogil
+    cdef int _assign(self, int64_t start, int64_t m, const uint64_t* hashes, uint32_t* gid) noexcept nogil
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil
-    cdef int _bind_input(self, list arrays, list fields, Py_ssize_t at, int kind, Input* inp) except -1
+    cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1
     cdef int _raise_for(self, int rc) except -1
-    cdef object _key_array(self, Py_ssize_t k)
-    cdef object _mean_array(self, ValCol* c)
-    cdef object _nonnull(self, ValCol* c)
+    cdef tuple _state_layout(self)
+    cdef object _out_type(self, int code, Py_ssize_t at)
+    cdef object _schema(self, list names, list codes)
+    cdef object _export(self, list codes, object schema)

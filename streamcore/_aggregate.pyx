@@ -1,8 +1,8 @@
 """Keyed aggregation of Arrow columns: per-group count, sum, min, max and mean.
 
 ``GroupTable`` folds record batches into per-group accumulators without a
-Python object per row. A batch is processed in chunks of ``_CHUNK`` rows, each
-in three passes with the GIL released:
+Python object per row. A batch is processed in chunks of ``CHUNK`` rows, each
+in three passes:
 
 1. hash: XXH64 of every row's key (the partition hash of SEMANTICS 0.3 for a
    single key column; per-column hashes chained through ``xxh64_u64`` for a
@@ -11,7 +11,8 @@ in three passes with the GIL released:
    power-of-two capacity, load <= 1/2) whose slots hold the upper 32 bits of
    the hash, the group number and the group's first key column (the integer,
    or where its bytes are); a tag match is confirmed by comparing the full key
-   with the group's stored key, and a miss appends a new group;
+   with the group's stored key, and a miss appends a new group (growing the
+   per-group arrays and the table only then, so memory follows the groups);
 3. fold: one pass per value column adds each row into its group's
    accumulators.
 
@@ -27,7 +28,12 @@ NaN, min and max skip NaN unless every value is NaN; the mean of an integer
 column is a float64 sum divided by the count (no wrap-around).
 
 Arrow memory is read directly through ``pyarrow.Buffer.address``; libarrow is
-not linked, and outputs are built on buffers from ``pa.allocate_buffer``.
+not linked. Outputs are exported through the Arrow C Data Interface: one
+``ArrowArray`` per batch whose buffers this module allocated and whose release
+callback frees them, imported by ``pyarrow.RecordBatch._import_from_c``.
+
+The GIL is released only for large inputs: a handler thread that gives it up
+for a few microseconds of work may wait a whole switch interval to get it back.
 """
 
 cimport cython
@@ -65,8 +71,51 @@ cdef extern from *:
     #else
     #define SC_PREFETCH(p) ((void)(p))
     #endif
+
+    /* The Arrow C Data Interface, verbatim from the specification. */
+    #ifndef ARROW_C_DATA_INTERFACE
+    #define ARROW_C_DATA_INTERFACE
+    #define ARROW_FLAG_DICTIONARY_ORDERED 1
+    #define ARROW_FLAG_NULLABLE 2
+    #define ARROW_FLAG_MAP_KEYS_SORTED 4
+    struct ArrowSchema {
+      const char* format;
+      const char* name;
+      const char* metadata;
+      int64_t flags;
+      int64_t n_children;
+      struct ArrowSchema** children;
+      struct ArrowSchema* dictionary;
+      void (*release)(struct ArrowSchema*);
+      void* private_data;
+    };
+    struct ArrowArray {
+      int64_t length;
+      int64_t null_count;
+      int64_t offset;
+      int64_t n_buffers;
+      int64_t n_children;
+      const void** buffers;
+      struct ArrowArray** children;
+      struct ArrowArray* dictionary;
+      void (*release)(struct ArrowArray*);
+      void* private_data;
+    };
+    #endif
     """
     void SC_PREFETCH(const void* p) noexcept nogil
+
+    cdef struct CArrowArray "ArrowArray":
+        int64_t length
+        int64_t null_count
+        int64_t offset
+        int64_t n_buffers
+        int64_t n_children
+        const void** buffers
+        CArrowArray** children
+        CArrowArray* dictionary
+        void (*release)(CArrowArray*) noexcept nogil
+        void* private_data
 
 cdef enum:
     K_I8 = 1
@@ -89,25 +138,48 @@ cdef enum:
     HAS_MIN = 4
     HAS_MAX = 8
 
+# Output columns (the layouts of result_batch and state_columns).
+cdef enum:
+    OUT_KEY = 1
+    OUT_COUNT
+    OUT_NONNULL
+    OUT_SUM
+    OUT_MSUM
+    OUT_MIN
+    OUT_MAX
+    OUT_MEAN
+
+cdef enum:
+    # Rows per pass; the pass's hashes and group numbers live on the stack (12 KiB).
+    CHUNK = 1024
+    # Rows ahead whose hash-table slot is prefetched while a row is assigned.
+    PREFETCH_AHEAD = 16
+
 # What the Python layer asks for per value column.
 WANT_SUM = 1
 WANT_MEAN = 2
 WANT_MIN = 4
 WANT_MAX = 8
 
-cdef int64_t _CHUNK = 4096
-# Rows ahead whose hash-table slot is prefetched while a row is assigned.
-cdef int64_t _PREFETCH_AHEAD = 16
+# Tables with at least this many slots (256 KiB) are prefetched into while probed;
+# smaller ones stay in cache, where prefetching only costs instructions.
+cdef uint64_t _PREFETCH_SLOTS = 1 << 14
 # The slot stores group + 1 in 32 bits.
 cdef int64_t _MAX_GROUPS = 0xFFFFFFFE
 cdef uint64_t _NULL_HASH = 0x2545F4914F6CDD1DULL
 cdef uint8_t _EMPTY = 0
+# First capacities: small, as many windows hold few groups.
+cdef int64_t _MIN_GROUPS = 64
+cdef uint64_t _MIN_SLOTS = 128
+# Below these sizes the work runs with the GIL held (see the module docstring).
+cdef int64_t _NOGIL_ROWS = 1 << 16
 
 _SUPPORTED_KEYS = (
     "utf8, large_utf8, binary, large_binary, an integer, a timestamp, date, time "
     "or duration (dictionaries are decoded, string/binary views cast to large)"
 )
 _SUPPORTED_VALUES = "an integer, float32 or float64"
+_OPS = {"count": OUT_COUNT, "sum": OUT_SUM, "min": OUT_MIN, "max": OUT_MAX, "mean": OUT_MEAN}
 
 ctypedef fused int_t:
     int8_t
@@ -187,6 +259,10 @@ cdef inline bint _is_signed(int kind) noexcept nogil:
     return K_I8 <= kind <= K_I64
 
 
+cdef inline bint _is_bin(int kind) noexcept nogil:
+    return kind == K_BIN32 or kind == K_BIN64
+
+
 cdef inline int _sum_kind(int kind) noexcept nogil:
     if _is_float(kind):
         return K_F64
@@ -251,6 +327,25 @@ cdef inline void _bytes_at(const Input* inp, int kind, int64_t row, const uint8_
     p[0] = inp.data + a
 
 
+cdef inline int64_t _record_len(const uint8_t* record) noexcept nogil:
+    cdef int64_t n
+    memcpy(&n, record, 8)
+    return n
+
+
+cdef inline int64_t _at_least(int64_t n, int64_t smallest) noexcept nogil:
+    # The least power-of-two multiple of `smallest` that is >= n.
+    cdef int64_t cap = smallest
+    while cap < n:
+        cap *= 2
+    return cap
+
+
+cdef inline void* _alloc(size_t size) noexcept nogil:
+    # malloc that never asks for 0 bytes (malloc(0) may return NULL).
+    return malloc(size if size else 1)
+
+
 # --- pass 1: hash --------------------------------------------------------------------
 
 cdef void _hash_ints(
@@ -258,11 +353,16 @@ cdef void _hash_ints(
 ) noexcept nogil:
     cdef int64_t i
     cdef uint64_t x
+    v += start
+    if inp.valid == NULL and first:
+        for i in range(m):
+            out[i] = xxh64_u64(<uint64_t>v[i], 0)
+        return
     for i in range(m):
         if _is_null(inp, start + i):
             x = _NULL_HASH
         else:
-            x = xxh64_u64(<uint64_t>v[start + i], 0)
+            x = xxh64_u64(<uint64_t>v[i], 0)
         out[i] = x if first else xxh64_u64(out[i], x)
 
 
@@ -271,13 +371,17 @@ cdef void _hash_bytes(
 ) noexcept nogil:
     cdef int64_t i
     cdef uint64_t x
-    cdef offset_t a
+    cdef const uint8_t* data = inp.data
+    offs += start
+    if inp.valid == NULL and first:
+        for i in range(m):
+            out[i] = xxh64(data + offs[i], <size_t>(offs[i + 1] - offs[i]), 0)
+        return
     for i in range(m):
         if _is_null(inp, start + i):
             x = _NULL_HASH
         else:
-            a = offs[start + i]
-            x = xxh64(inp.data + a, <size_t>(offs[start + i + 1] - a), 0)
+            x = xxh64(data + offs[i], <size_t>(offs[i + 1] - offs[i]), 0)
         out[i] = x if first else xxh64_u64(out[i], x)
 
 
@@ -304,6 +408,247 @@ cdef void _hash_column(const KeyCol* kc, int64_t start, int64_t m, uint64_t* out
         _hash_ints(<const uint32_t*>inp.values, inp, start, m, out, first)
     else:
         _hash_ints(<const uint64_t*>inp.values, inp, start, m, out, first)
+
+
+# --- pass 2: assign (helpers) -------------------------------------------------------
+
+cdef inline bint _same_bytes(const uint8_t* a, const uint8_t* b, int64_t n) noexcept nogil:
+    # Keys are short (ids, names): compare whole words, the last one overlapping,
+    # instead of calling memcmp.
+    cdef uint64_t x
+    cdef uint64_t y
+    cdef uint32_t u
+    cdef uint32_t v
+    cdef uint64_t x2
+    cdef uint64_t y2
+    cdef int64_t i = 0
+    if n >= 8:
+        if n <= 16:
+            # The usual id: first and last words, no loop, one branch.
+            memcpy(&x, a, 8)
+            memcpy(&y, b, 8)
+            memcpy(&x2, a + n - 8, 8)
+            memcpy(&y2, b + n - 8, 8)
+            return ((x ^ y) | (x2 ^ y2)) == 0
+        while i + 8 < n:
+            memcpy(&x, a + i, 8)
+            memcpy(&y, b + i, 8)
+            if x != y:
+                return False
+            i += 8
+        memcpy(&x, a + n - 8, 8)
+        memcpy(&y, b + n - 8, 8)
+        return x == y
+    if n >= 4:
+        memcpy(&u, a, 4)
+        memcpy(&v, b, 4)
+        if u != v:
+            return False
+        memcpy(&u, a + n - 4, 4)
+        memcpy(&v, b + n - 4, 4)
+        return u == v
+    while i < n:
+        if a[i] != b[i]:
+            return False
+        i += 1
+    return True
+
+
+cdef inline bint _col_equals(const KeyCol* kc, uint64_t ref, int64_t g, int64_t row) noexcept nogil:
+    """Whether input ``row`` has group ``g``'s key in this column (nulls equal nulls).
+
+    ``ref`` is the group's integer key, or the offset of its arena record.
+    """
+    cdef bint row_null = _is_null(&kc.inp, row)
+    cdef bint group_null = kc.nulls != NULL and kc.nulls[g]
+    cdef const uint8_t* p
+    cdef const uint8_t* record
+    cdef int64_t n
+    if row_null or group_null:
+        return row_null and group_null
+    if _is_bin(kc.kind):
+        _bytes_at(&kc.inp, kc.kind, row, &p, &n)
+        record = kc.arena + ref
+        return n == _record_len(record) and _same_bytes(p, record + 8, n)
+    return _int_at(kc.inp.values, kc.kind, row) == ref
+
+
+cdef inline bint _row_equals(
+    const KeyCol* keys, Py_ssize_t n_keys, int64_t g, int64_t row, uint64_t key0
+) noexcept nogil:
+    """Whether input ``row`` has the key of group ``g``, whose first column is ``key0``."""
+    cdef Py_ssize_t k
+    cdef const KeyCol* kc
+    if not _col_equals(&keys[0], key0, g, row):
+        return False
+    for k in range(1, n_keys):
+        kc = &keys[k]
+        if _is_bin(kc.kind):
+            if not _col_equals(kc, <uint64_t>kc.offs[g], g, row):
+                return False
+        elif not _col_equals(kc, kc.ints[g], g, row):
+            return False
+    return True
+
+
+cdef inline int64_t _find_bin(
+    GroupTable t, const Slot* slots, uint64_t mask, const KeyCol* kc, uint64_t h,
+    const uint8_t* p, int64_t n, bint null,
+) noexcept nogil:
+    # The group of a row whose only key is p[:n] (or null), of hash h; a new group
+    # (_add) when there is none yet. A slot matches when its tag is h's upper half
+    # and the key compares equal.
+    cdef uint64_t pos = h & mask
+    cdef uint64_t s
+    cdef int64_t g
+    cdef const uint8_t* record
+    while True:
+        s = slots[pos].tag_gid
+        if s == 0:
+            return _add_bin(t, h, pos, p, n, null)
+        if ((s ^ h) >> 32) == 0:
+            g = <int64_t>(s & 0xFFFFFFFFULL) - 1
+            if kc.nulls != NULL and kc.nulls[g]:
+                if null:
+                    return g
+            elif not null:
+                record = kc.arena + slots[pos].key0
+                if _record_len(record) == n and _same_bytes(p, record + 8, n):
+                    return g
+        pos = (pos + 1) & mask
+
+
+cdef inline int64_t _find_int(
+    GroupTable t, const Slot* slots, uint64_t mask, const KeyCol* kc, uint64_t h,
+    uint64_t v, bint null,
+) noexcept nogil:
+    # As _find_bin for an integer key v: the slot holds the key itself.
+    cdef uint64_t pos = h & mask
+    cdef uint64_t s
+    cdef int64_t g
+    while True:
+        s = slots[pos].tag_gid
+        if s == 0:
+            return _add_int(t, h, pos, v, null)
+        if ((s ^ h) >> 32) == 0:
+            g = <int64_t>(s & 0xFFFFFFFFULL) - 1
+            if kc.nulls != NULL and kc.nulls[g]:
+                if null:
+                    return g
+            elif not null and slots[pos].key0 == v:
+                return g
+        pos = (pos + 1) & mask
+
+
+cdef inline void _prefetch_row(const Slot* slots, uint64_t mask, const KeyCol* kc,
+                               const uint64_t* hashes, int64_t i, int64_t m) noexcept nogil:
+    # Two stages hide the cache misses of a large table: the slot of row i + 2D,
+    # then the arena record that the slot of row i + D names.
+    cdef const Slot* ahead
+    if i + 2 * PREFETCH_AHEAD < m:
+        SC_PREFETCH(&slots[hashes[i + 2 * PREFETCH_AHEAD] & mask])
+    if _is_bin(kc.kind) and i + PREFETCH_AHEAD < m:
+        ahead = &slots[hashes[i + PREFETCH_AHEAD] & mask]
+        if ahead.tag_gid != 0:
+            SC_PREFETCH(kc.arena + ahead.key0)
+
+
+cdef int _assign_bin(
+    GroupTable t, const offset_t* offs, int64_t start, int64_t m, const uint64_t* hashes,
+    uint32_t* gid,
+) noexcept nogil:
+    # _assign for one binary/utf8 key column: the compare is inlined, and a table
+    # that fits in cache is probed without prefetching.
+    cdef const KeyCol* kc = &t.keys[0]
+    cdef const uint8_t* data = kc.inp.data
+    cdef const uint8_t* valid = kc.inp.valid
+    cdef int64_t voff = kc.inp.voff + start
+    cdef const Slot* slots = t.slots
+    cdef uint64_t mask = t.slot_mask
+    cdef int64_t groups = t.n_groups
+    cdef bint prefetch = mask >= _PREFETCH_SLOTS
+    cdef int64_t i
+    cdef int64_t g
+    cdef int64_t n
+    cdef offset_t a
+    cdef bint null
+    offs += start
+    for i in range(m):
+        if prefetch:
+            _prefetch_row(slots, mask, kc, hashes, i, m)
+        a = offs[i]
+        n = offs[i + 1] - a
+        null = valid != NULL and not _bit(valid, voff + i)
+        g = _find_bin(t, slots, mask, kc, hashes[i], data + a, n, null)
+        if g < 0:
+            return <int>g
+        if g >= groups:
+            # A new group: the table may have grown.
+            slots = t.slots
+            mask = t.slot_mask
+            groups = t.n_groups
+            prefetch = mask >= _PREFETCH_SLOTS
+        gid[i] = <uint32_t>g
+    return 0
+
+
+cdef int _assign_int(
+    GroupTable t, const int_t* v, int64_t start, int64_t m, const uint64_t* hashes,
+    uint32_t* gid,
+) noexcept nogil:
+    # _assign for one integer key column (as _assign_bin).
+    cdef const KeyCol* kc = &t.keys[0]
+    cdef const uint8_t* valid = kc.inp.valid
+    cdef int64_t voff = kc.inp.voff + start
+    cdef const Slot* slots = t.slots
+    cdef uint64_t mask = t.slot_mask
+    cdef int64_t groups = t.n_groups
+    cdef bint prefetch = mask >= _PREFETCH_SLOTS
+    cdef int64_t i
+    cdef int64_t g
+    cdef uint64_t x
+    cdef bint null
+    v += start
+    for i in range(m):
+        if prefetch:
+            _prefetch_row(slots, mask, kc, hashes, i, m)
+        x = <uint64_t>v[i]
+        null = valid != NULL and not _bit(valid, voff + i)
+        g = _find_int(t, slots, mask, kc, hashes[i], x, null)
+        if g < 0:
+            return <int>g
+        if g >= groups:
+            slots = t.slots
+            mask = t.slot_mask
+            groups = t.n_groups
+            prefetch = mask >= _PREFETCH_SLOTS
+        gid[i] = <uint32_t>g
+    return 0
+
+
+cdef int _assign_one(GroupTable t, int64_t start, int64_t m, const uint64_t* hashes,
+                     uint32_t* gid) noexcept nogil:
+    cdef const Input* inp = &t.keys[0].inp
+    cdef int kind = t.keys[0].kind
+    if kind == K_BIN32:
+        return _assign_bin(t, <const int32_t*>inp.values, start, m, hashes, gid)
+    if kind == K_BIN64:
+        return _assign_bin(t, <const int64_t*>inp.values, start, m, hashes, gid)
+    if kind == K_I8:
+        return _assign_int(t, <const int8_t*>inp.values, start, m, hashes, gid)
+    if kind == K_I16:
+        return _assign_int(t, <const int16_t*>inp.values, start, m, hashes, gid)
+    if kind == K_I32:
+        return _assign_int(t, <const int32_t*>inp.values, start, m, hashes, gid)
+    if kind == K_I64:
+        return _assign_int(t, <const int64_t*>inp.values, start, m, hashes, gid)
+    if kind == K_U8:
+        return _assign_int(t, <const uint8_t*>inp.values, start, m, hashes, gid)
+    if kind == K_U16:
+        return _assign_int(t, <const uint16_t*>inp.values, start, m, hashes, gid)
+    if kind == K_U32:
+        return _assign_int(t, <const uint32_t*>inp.values, start, m, hashes, gid)
+    return _assign_int(t, <const uint64_t*>inp.values, start, m, hashes, gid)
 
 
 # --- pass 3: fold --------------------------------------------------------------------
@@ -352,7 +697,7 @@ cdef inline void _apply(uint64_t* slots, int op, int64_t g, num_t x) noexcept no
 
 
 cdef void _fold_values(
-    const num_t* v, const Input* inp, int64_t start, int64_t m, const int64_t* gid,
+    const num_t* v, const Input* inp, int64_t start, int64_t m, const uint32_t* gid,
     uint64_t* slots, int op,
 ) noexcept nogil:
     # One accumulator per pass: each pass is a tight loop (the compiler unswitches
@@ -371,7 +716,7 @@ cdef void _fold_values(
 
 
 cdef void _fold_kind(
-    int kind, const Input* inp, int64_t start, int64_t m, const int64_t* gid,
+    int kind, const Input* inp, int64_t start, int64_t m, const uint32_t* gid,
     uint64_t* slots, int op,
 ) noexcept nogil:
     if kind == K_F64:
@@ -396,25 +741,23 @@ cdef void _fold_kind(
         _fold_values(<const uint8_t*>inp.values, inp, start, m, gid, slots, op)
 
 
-cdef void _count_rows(int64_t m, const int64_t* gid, int64_t* counts) noexcept nogil:
+cdef void _count_rows(int64_t m, const uint32_t* gid, int64_t* counts) noexcept nogil:
     cdef int64_t i
     for i in range(m):
         counts[gid[i]] += 1
 
 
 cdef void _count_nulls(
-    const Input* inp, int64_t start, int64_t m, const int64_t* gid, int64_t* nulls
+    const Input* inp, int64_t start, int64_t m, const uint32_t* gid, int64_t* nulls
 ) noexcept nogil:
     cdef int64_t i
-    if inp.valid == NULL:
-        return
     for i in range(m):
         if not _bit(inp.valid, inp.voff + start + i):
             nulls[gid[i]] += 1
 
 
 cdef void _add_counts(
-    const Input* inp, int64_t start, int64_t m, const int64_t* gid, int64_t* dst
+    const Input* inp, int64_t start, int64_t m, const uint32_t* gid, int64_t* dst
 ) noexcept nogil:
     # State columns of counts have no nulls (checked when they are bound).
     cdef const int64_t* v = (<const int64_t*>inp.values) + start
@@ -423,8 +766,18 @@ cdef void _add_counts(
         dst[gid[i]] += v[i]
 
 
+cdef bint _any_nulls(const Input* count, const Input* nonnull, int64_t start, int64_t m) noexcept nogil:
+    cdef const int64_t* c = (<const int64_t*>count.values) + start
+    cdef const int64_t* v = (<const int64_t*>nonnull.values) + start
+    cdef int64_t i
+    for i in range(m):
+        if c[i] != v[i]:
+            return True
+    return False
+
+
 cdef void _add_nulls(
-    const Input* count, const Input* nonnull, int64_t start, int64_t m, const int64_t* gid,
+    const Input* count, const Input* nonnull, int64_t start, int64_t m, const uint32_t* gid,
     int64_t* nulls,
 ) noexcept nogil:
     cdef const int64_t* c = (<const int64_t*>count.values) + start
@@ -434,95 +787,115 @@ cdef void _add_nulls(
         nulls[gid[i]] += c[i] - v[i]
 
 
-cdef void _init_slots(ValCol* c, int64_t g) noexcept nogil:
-    c.nulls[g] = 0
-    if c.flags & HAS_SUM:
-        c.sum[g] = 0  # also 0.0 for a double sum
-    if c.flags & HAS_MSUM:
-        c.msum[g] = 0.0
+cdef void _value_inits(ValCol* c) noexcept nogil:
+    # What min and max start as: NaN marks "no non-NaN value yet" (see _min_into),
+    # else the type's extremes. Sums start at 0 (also 0.0 for a double sum).
+    cdef double nan = NAN
     if _is_float(c.kind):
-        # NaN marks "no non-NaN value yet" (see _min_into).
-        if c.flags & HAS_MIN:
-            (<double*>c.mn)[g] = NAN
-        if c.flags & HAS_MAX:
-            (<double*>c.mx)[g] = NAN
+        memcpy(&c.mn_init, &nan, 8)
+        memcpy(&c.mx_init, &nan, 8)
     elif _is_signed(c.kind):
-        if c.flags & HAS_MIN:
-            (<int64_t*>c.mn)[g] = INT64_MAX
-        if c.flags & HAS_MAX:
-            (<int64_t*>c.mx)[g] = INT64_MIN
+        c.mn_init = <uint64_t>INT64_MAX
+        c.mx_init = <uint64_t>INT64_MIN
     else:
-        if c.flags & HAS_MIN:
-            c.mn[g] = UINT64_MAX
-        if c.flags & HAS_MAX:
-            c.mx[g] = 0
+        c.mn_init = UINT64_MAX
+        c.mx_init = 0
 
 
-# --- pass 2: assign (helpers) -------------------------------------------------------
-
-cdef inline bint _same_bytes(const uint8_t* a, const uint8_t* b, int64_t n) noexcept nogil:
-    # Keys are short (ids, names): compare 8 bytes at a time, the last word
-    # overlapping, instead of calling memcmp.
+cdef inline void _copy_key(uint8_t* dst, const uint8_t* src, int64_t n) noexcept nogil:
+    # Keys are short: whole words (the last one overlapping) rather than a memcpy call.
     cdef uint64_t x
-    cdef uint64_t y
     cdef int64_t i = 0
-    if n < 8:
-        while i < n:
-            if a[i] != b[i]:
-                return False
-            i += 1
-        return True
-    while i + 8 < n:
-        memcpy(&x, a + i, 8)
-        memcpy(&y, b + i, 8)
-        if x != y:
-            return False
-        i += 8
-    memcpy(&x, a + n - 8, 8)
-    memcpy(&y, b + n - 8, 8)
-    return x == y
+    if n >= 8:
+        while i + 8 < n:
+            memcpy(&x, src + i, 8)
+            memcpy(dst + i, &x, 8)
+            i += 8
+        memcpy(&x, src + n - 8, 8)
+        memcpy(dst + n - 8, &x, 8)
+        return
+    while i < n:
+        dst[i] = src[i]
+        i += 1
 
 
-cdef inline bint _col_equals(const KeyCol* kc, uint64_t ref, int64_t g, int64_t row) noexcept nogil:
-    """Whether input ``row`` has group ``g``'s key in this column (nulls equal nulls).
-
-    ``ref`` is the group's integer key, or the offset of its arena record.
-    """
-    cdef bint row_null = _is_null(&kc.inp, row)
-    cdef bint group_null = kc.any_null and kc.nulls[g]
-    cdef const uint8_t* p
-    cdef const uint8_t* record
-    cdef int64_t n
-    cdef int64_t stored
-    if row_null or group_null:
-        return row_null and group_null
-    if kc.kind == K_BIN32 or kc.kind == K_BIN64:
-        _bytes_at(&kc.inp, kc.kind, row, &p, &n)
-        record = kc.arena + ref
-        memcpy(&stored, record, 8)
-        return n == stored and _same_bytes(p, record + 8, n)
-    return _int_at(kc.inp.values, kc.kind, row) == ref
+cdef int _grow_arena(KeyCol* kc, int64_t need) noexcept nogil:
+    # Room for `need` bytes in kc's arena; -1 when out of memory.
+    cdef int64_t cap = kc.arena_cap * 2 if kc.arena_cap else 4096
+    cdef void* grown
+    while cap < need:
+        cap *= 2
+    grown = realloc(kc.arena, <size_t>cap)
+    if grown == NULL:
+        return -1
+    kc.arena = <uint8_t*>grown
+    kc.arena_cap = cap
+    return 0
 
 
-cdef inline bint _row_equals(
-    const KeyCol* keys, Py_ssize_t n_keys, int64_t g, int64_t row, uint64_t key0
-) noexcept nogil:
-    """Whether input ``row`` has the key of group ``g``, whose first column is ``key0``."""
-    cdef Py_ssize_t k
-    cdef const KeyCol* kc
-    if not _col_equals(&keys[0], key0, g, row):
-        return False
-    for k in range(1, n_keys):
-        kc = &keys[k]
-        if kc.kind == K_BIN32 or kc.kind == K_BIN64:
-            if not _col_equals(kc, <uint64_t>kc.offs[g], g, row):
-                return False
-        elif not _col_equals(kc, kc.ints[g], g, row):
-            return False
-    return True
+cdef inline void _put_record(KeyCol* kc, int64_t g, const uint8_t* p, int64_t n) noexcept nogil:
+    # Group g's key p[:n] as the arena's next record (the room is there).
+    cdef uint8_t* record = kc.arena + kc.arena_len
+    memcpy(record, &n, 8)
+    _copy_key(record + 8, p, n)
+    kc.offs[g] = kc.arena_len
+    kc.arena_len += 8 + n
+    kc.key_bytes += n
 
 
-# --- output helpers ------------------------------------------------------------------
+cdef int64_t _add_bin(GroupTable t, uint64_t h, uint64_t pos, const uint8_t* p, int64_t n,
+                      bint null) noexcept nogil:
+    # _add for one binary key column, whose bytes the probe already found.
+    cdef int64_t g = t.n_groups
+    cdef KeyCol* kc = &t.keys[0]
+    cdef int rc
+    if g == t.group_cap or g >= _MAX_GROUPS or <uint64_t>(g + 1) * 2 > t.slot_mask + 1:
+        rc = t._make_room(h, &pos)
+        if rc:
+            return rc
+    if null:
+        n = 0
+        if kc.nulls == NULL:
+            # The column's first null key: from now on a flag per group.
+            kc.nulls = <uint8_t*>calloc(<size_t>t.group_cap, 1)
+            if kc.nulls == NULL:
+                return -1
+    if kc.arena_len + 8 + n > kc.arena_cap and _grow_arena(kc, kc.arena_len + 8 + n):
+        return -1
+    if kc.nulls != NULL:
+        kc.nulls[g] = null
+    _put_record(kc, g, p, n)
+    t._commit(g, h, pos, <uint64_t>kc.offs[g])
+    return g
+
+
+cdef int64_t _add_int(GroupTable t, uint64_t h, uint64_t pos, uint64_t v, bint null) noexcept nogil:
+    # _add for one integer key column.
+    cdef int64_t g = t.n_groups
+    cdef KeyCol* kc = &t.keys[0]
+    cdef int rc
+    if g == t.group_cap or g >= _MAX_GROUPS or <uint64_t>(g + 1) * 2 > t.slot_mask + 1:
+        rc = t._make_room(h, &pos)
+        if rc:
+            return rc
+    if null:
+        v = 0
+        if kc.nulls == NULL:
+            kc.nulls = <uint8_t*>calloc(<size_t>t.group_cap, 1)
+            if kc.nulls == NULL:
+                return -1
+    if kc.nulls != NULL:
+        kc.nulls[g] = null
+    kc.ints[g] = v
+    t._commit(g, h, pos, v)
+    return g
+
+
+cdef inline int64_t _nulls_at(const int64_t* nulls, int64_t g) noexcept nogil:
+    return nulls[g] if nulls != NULL else 0
+
+
+# --- input helpers -------------------------------------------------------------------
 
 cdef const uint8_t* _address(object buf) except NULL:
     if buf is None:
@@ -539,79 +912,10 @@ cdef inline uint8_t* _mutable(object buf):
     return <uint8_t*><uintptr_t>buf.address
 
 
-cdef object _validity_from_flags(const uint8_t* nulls, int64_t n):
-    """A validity bitmap that is 0 where ``nulls[i]``, or None when nothing is null."""
-    cdef int64_t i
-    cdef int64_t null_count = 0
-    with nogil:
-        for i in range(n):
-            null_count += nulls[i] != 0
-    if null_count == 0:
-        return None, 0
-    buf = pa.allocate_buffer((n + 7) // 8)
-    cdef uint8_t* bits = _mutable(buf)
-    with nogil:
-        memset(bits, 0, (n + 7) // 8)
-        for i in range(n):
-            if not nulls[i]:
-                bits[i >> 3] |= <uint8_t>(1 << (i & 7))
-    return buf, null_count
-
-
-cdef object _validity_from_counts(const int64_t* counts, const int64_t* nulls, int64_t n):
-    """A validity bitmap that is 0 where a group has no non-null value, or None when none is."""
-    cdef int64_t i
-    cdef int64_t null_count = 0
-    with nogil:
-        for i in range(n):
-            null_count += counts[i] == nulls[i]
-    if null_count == 0:
-        return None, 0
-    buf = pa.allocate_buffer((n + 7) // 8)
-    cdef uint8_t* bits = _mutable(buf)
-    with nogil:
-        memset(bits, 0, (n + 7) // 8)
-        for i in range(n):
-            if counts[i] != nulls[i]:
-                bits[i >> 3] |= <uint8_t>(1 << (i & 7))
-    return buf, null_count
-
-
-cdef object _copy8(const void* src, int64_t n):
-    buf = pa.allocate_buffer(8 * n)
-    cdef uint8_t* out = _mutable(buf)
-    if n:
-        with nogil:
-            memcpy(out, src, <size_t>(8 * n))
-    return buf
-
-
-cdef object _narrow(const uint64_t* src, int kind, int64_t n):
-    """Per-group 8-byte slots as a values buffer of ``kind``'s width."""
-    if kind == K_I64 or kind == K_U64 or kind == K_F64:
-        return _copy8(src, n)
-    buf = pa.allocate_buffer(_width(kind) * n)
-    cdef uint8_t* out = _mutable(buf)
-    cdef int64_t i
-    with nogil:
-        if kind == K_F32:
-            for i in range(n):
-                (<float*>out)[i] = <float>(<const double*>src)[i]
-        elif kind == K_I32 or kind == K_U32:
-            for i in range(n):
-                (<uint32_t*>out)[i] = <uint32_t>src[i]
-        elif kind == K_I16 or kind == K_U16:
-            for i in range(n):
-                (<uint16_t*>out)[i] = <uint16_t>src[i]
-        else:
-            for i in range(n):
-                out[i] = <uint8_t>src[i]
-    return buf
-
-
-cdef object _fixed_array(object dtype, object values, object validity, int64_t n):
-    bits, null_count = validity
-    return pa.Array.from_buffers(dtype, n, [bits, values], null_count=null_count)
+cdef int _bind_state(GroupTable t, list columns, list fields, Py_ssize_t at, int kind, Input* inp) except -1:
+    field = fields[at]
+    arr, name, dtype = columns[at], field.name, field.type
+    return t._bind_input(arr, name, dtype, kind, inp)
 
 
 cdef int _no_nulls(list columns, list fields, Py_ssize_t at) except -1:
@@ -621,20 +925,239 @@ cdef int _no_nulls(list columns, list fields, Py_ssize_t at) except -1:
     return 0
 
 
+cdef int _dup(void** dst, const void* src, size_t size, size_t used) noexcept nogil:
+    # dst = a new block of `size` bytes holding the first `used` bytes of src
+    # (NULL when src is NULL). -1 when memory runs out.
+    if src == NULL:
+        dst[0] = NULL
+        return 0
+    dst[0] = _alloc(size)
+    if dst[0] == NULL:
+        return -1
+    if used:
+        memcpy(dst[0], src, used)
+    return 0
+
+
+# --- output: Arrow arrays through the C Data Interface --------------------------------
+
+cdef struct _Owned:
+    # private_data of an exported array: what its buffers point to (allocated here),
+    # and for the batch (a struct array) the storage of its children.
+    const void* buffers[3]
+    CArrowArray* children
+    CArrowArray** child_ptrs
+
+
+cdef void _release(CArrowArray* a) noexcept nogil:
+    cdef _Owned* own = <_Owned*>a.private_data
+    cdef int64_t i
+    if own != NULL:
+        for i in range(a.n_children):
+            if a.children[i].release != NULL:
+                a.children[i].release(a.children[i])
+        for i in range(3):
+            free(<void*>own.buffers[i])
+        free(own.children)
+        free(own.child_ptrs)
+        free(own)
+    a.private_data = NULL
+    a.release = NULL
+
+
+cdef _Owned* _start(CArrowArray* a, int64_t length, int64_t n_buffers) noexcept nogil:
+    # Make `a` a released-on-demand array with no buffers yet; NULL when out of memory.
+    cdef _Owned* own = <_Owned*>calloc(1, sizeof(_Owned))
+    if own == NULL:
+        return NULL
+    a.length = length
+    a.null_count = 0
+    a.offset = 0
+    a.n_buffers = n_buffers
+    a.n_children = 0
+    a.buffers = own.buffers
+    a.children = NULL
+    a.dictionary = NULL
+    a.release = _release
+    a.private_data = own
+    return own
+
+
+cdef uint8_t* _buffer(_Owned* own, int i, size_t size) noexcept nogil:
+    cdef void* p = _alloc(size)
+    own.buffers[i] = p
+    return <uint8_t*>p
+
+
+cdef int _key_validity(_Owned* own, const uint8_t* nulls, int64_t n, int64_t* null_count) noexcept nogil:
+    # buffers[0]: 0 where the group's key is null; none when no key is.
+    cdef int64_t i
+    cdef int64_t count = 0
+    cdef uint8_t* bits
+    null_count[0] = 0
+    if nulls == NULL:
+        return 0
+    for i in range(n):
+        count += nulls[i] != 0
+    if count == 0:
+        return 0
+    bits = _buffer(own, 0, <size_t>((n + 7) // 8))
+    if bits == NULL:
+        return -1
+    memset(bits, 0, <size_t>((n + 7) // 8))
+    for i in range(n):
+        if not nulls[i]:
+            bits[i >> 3] |= <uint8_t>(1 << (i & 7))
+    null_count[0] = count
+    return 0
+
+
+cdef int _value_validity(
+    _Owned* own, const int64_t* counts, const int64_t* nulls, int64_t n, int64_t* null_count
+) noexcept nogil:
+    # buffers[0]: 0 where the group has no non-null value; none when every group has one.
+    cdef int64_t i
+    cdef int64_t count = 0
+    cdef uint8_t* bits
+    for i in range(n):
+        count += counts[i] == _nulls_at(nulls, i)
+    null_count[0] = count
+    if count == 0:
+        return 0
+    bits = _buffer(own, 0, <size_t>((n + 7) // 8))
+    if bits == NULL:
+        return -1
+    memset(bits, 0, <size_t>((n + 7) // 8))
+    for i in range(n):
+        if counts[i] != _nulls_at(nulls, i):
+            bits[i >> 3] |= <uint8_t>(1 << (i & 7))
+    return 0
+
+
+cdef void _narrow(uint8_t* out, const uint64_t* src, int kind, int64_t n) noexcept nogil:
+    """Per-group 8-byte slots as values of ``kind``'s width."""
+    cdef int64_t i
+    if kind == K_I64 or kind == K_U64 or kind == K_F64:
+        memcpy(out, src, <size_t>(8 * n))
+    elif kind == K_F32:
+        for i in range(n):
+            (<float*>out)[i] = <float>(<const double*>src)[i]
+    elif kind == K_I32 or kind == K_U32:
+        for i in range(n):
+            (<uint32_t*>out)[i] = <uint32_t>src[i]
+    elif kind == K_I16 or kind == K_U16:
+        for i in range(n):
+            (<uint16_t*>out)[i] = <uint16_t>src[i]
+    else:
+        for i in range(n):
+            out[i] = <uint8_t>src[i]
+
+
+cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noexcept nogil:
+    cdef bint wide = kc.kind == K_BIN64
+    cdef uint8_t* offsets
+    cdef uint8_t* data
+    cdef int64_t i
+    cdef int64_t at = 0
+    cdef int64_t length
+    cdef const uint8_t* record
+    if _key_validity(own, kc.nulls, n, &a.null_count):
+        return -1
+    if not _is_bin(kc.kind):
+        data = _buffer(own, 1, <size_t>(_width(kc.kind) * n))
+        if data == NULL:
+            return -1
+        _narrow(data, kc.ints, kc.kind, n)
+        return 0
+    a.n_buffers = 3
+    offsets = _buffer(own, 1, <size_t>((8 if wide else 4) * (n + 1)))
+    data = _buffer(own, 2, <size_t>kc.key_bytes)
+    if offsets == NULL or data == NULL:
+        return -1
+    for i in range(n):
+        if wide:
+            (<int64_t*>offsets)[i] = at
+        else:
+            (<int32_t*>offsets)[i] = <int32_t>at
+        record = kc.arena + kc.offs[i]
+        length = _record_len(record)
+        if length:
+            memcpy(data + at, record + 8, <size_t>length)
+        at += length
+    if wide:
+        (<int64_t*>offsets)[n] = at
+    else:
+        (<int32_t*>offsets)[n] = <int32_t>at
+    return 0
+
+
+cdef int _fill(GroupTable t, CArrowArray* a, int code, Py_ssize_t at) noexcept nogil:
+    # One output column of t's groups into `a` (see OUT_*); -1 when out of memory.
+    cdef int64_t n = t.n_groups
+    cdef int64_t i
+    cdef _Owned* own = _start(a, n, 2)
+    cdef const ValCol* c
+    cdef uint8_t* out
+    cdef const double* sums
+    if own == NULL:
+        return -1
+    if code == OUT_KEY:
+        return _fill_key(&t.keys[at], own, a, n)
+    out = _buffer(own, 1, <size_t>(8 * n))
+    if out == NULL:
+        return -1
+    if code == OUT_COUNT:
+        memcpy(out, t.counts, <size_t>(8 * n))
+        return 0
+    c = &t.vals[at]
+    if code == OUT_NONNULL:
+        for i in range(n):
+            (<int64_t*>out)[i] = t.counts[i] - _nulls_at(c.nulls, i)
+        return 0
+    if _value_validity(own, t.counts, c.nulls, n, &a.null_count):
+        return -1
+    if code == OUT_SUM:
+        memcpy(out, c.sum, <size_t>(8 * n))
+    elif code == OUT_MSUM:
+        memcpy(out, c.msum, <size_t>(8 * n))
+    elif code == OUT_MIN:
+        _narrow(out, c.mn, c.kind, n)
+    elif code == OUT_MAX:
+        _narrow(out, c.mx, c.kind, n)
+    else:
+        sums = <const double*>c.sum if _is_float(c.kind) else c.msum
+        for i in range(n):
+            if t.counts[i] != _nulls_at(c.nulls, i):
+                (<double*>out)[i] = sums[i] / <double>(t.counts[i] - _nulls_at(c.nulls, i))
+            else:
+                (<double*>out)[i] = 0.0
+    return 0
+
+
+cdef int _fill_batch(GroupTable t, CArrowArray* batch, const int* codes, const Py_ssize_t* ats,
+                     Py_ssize_t n_cols) noexcept nogil:
+    # A struct array of the output columns (as RecordBatch import wants it).
+    cdef _Owned* own = _start(batch, t.n_groups, 1)
+    cdef Py_ssize_t i
+    if own == NULL:
+        return -1
+    own.children = <CArrowArray*>calloc(n_cols if n_cols else 1, sizeof(CArrowArray))
+    own.child_ptrs = <CArrowArray**>malloc((n_cols if n_cols else 1) * sizeof(CArrowArray*))
+    if own.children == NULL or own.child_ptrs == NULL:
+        return -1
+    for i in range(n_cols):
+        own.child_ptrs[i] = &own.children[i]
+    batch.children = own.child_ptrs
+    batch.n_children = n_cols
+    for i in range(n_cols):
+        if _fill(t, &own.children[i], codes[i], ats[i]):
+            return -1
+    return 0
+
+
 # --- the table -----------------------------------------------------------------------
 
 @cython.final
-cdef void* _dup(const void* src, size_t size) noexcept nogil:
-    # malloc + memcpy; NULL when src is NULL or memory runs out.
-    cdef void* p
-    if src == NULL:
-        return NULL
-    p = malloc(size if size else 1)
-    if p != NULL:
-        memcpy(p, src, size)
-    return p
-
-
 cdef class GroupTable:
     """Per-group accumulators over an open-addressing hash table of group keys.
 
@@ -649,8 +1172,8 @@ cdef class GroupTable:
         ``WANT_MAX``.
 
     Calls are serialised by an internal lock, so a table may be shared by
-    threads; the per-row work of ``update`` and ``merge_state`` runs with the
-    GIL released.
+    threads; the per-row work of large ``update`` and ``merge_state`` calls
+    runs with the GIL released.
     """
 
     def __init__(self, list key_names, list key_types, list value_names, list value_types,
@@ -671,16 +1194,11 @@ cdef class GroupTable:
         self._value_names = list(value_names)
         self._value_types = list(value_types)
         self._value_flags = list(value_flags)
-        self._key_fields = [pa.field(name, t) for name, t in zip(key_names, key_types)]
-        self._value_fields = [pa.field(name, t) for name, t in zip(value_names, value_types)]
         self.n_keys = len(key_names)
         self.n_vals = len(value_names)
         self.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
         self.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
-        self.scratch_hash = <uint64_t*>malloc(_CHUNK * sizeof(uint64_t))
-        self.scratch_gid = <int64_t*>malloc(_CHUNK * sizeof(int64_t))
-        if (self.keys == NULL or self.vals == NULL or self.scratch_hash == NULL
-                or self.scratch_gid == NULL):
+        if self.keys == NULL or self.vals == NULL:
             raise MemoryError()
         for k in range(self.n_keys):
             kind = _key_kind(key_types[k])
@@ -697,6 +1215,7 @@ cdef class GroupTable:
                 raise InvalidRecordsError(msg)
             want = value_flags[j]
             self.vals[j].kind = kind
+            _value_inits(&self.vals[j])
             self.vals[j].flags = (
                 (HAS_SUM if want & WANT_SUM or (want & WANT_MEAN and _is_float(kind)) else 0)
                 | (HAS_MSUM if want & WANT_MEAN and not _is_float(kind) else 0)
@@ -708,8 +1227,6 @@ cdef class GroupTable:
         self._free_groups()
         free(self.keys)
         free(self.vals)
-        free(self.scratch_hash)
-        free(self.scratch_gid)
 
     def __len__(self):
         return self.n_groups
@@ -742,7 +1259,6 @@ cdef class GroupTable:
                 kc.arena_len = 0
                 kc.arena_cap = 0
                 kc.key_bytes = 0
-                kc.any_null = False
         if self.vals != NULL:
             for j in range(self.n_vals):
                 c = &self.vals[j]
@@ -762,314 +1278,357 @@ cdef class GroupTable:
         with self._lock:
             self._free_groups()
 
-    def copy_from(self, GroupTable src):
-        """Make this table, built with ``src``'s spec and types, an exact copy of ``src``.
+    def copy(self):
+        """An independent table with the same spec and groups.
 
-        A plain copy of every array (no rehashing): what a tumbling window needs
-        to give each invocation a private aggregator cheaply.
+        A plain copy of the arrays in use (no rehashing): what a tumbling window
+        needs to give each invocation a private aggregator cheaply.
         """
-        if src is self:
-            return
-        if (self._key_types != src._key_types or self._value_types != src._value_types
-                or self._value_flags != src._value_flags):
-            raise ValueError("copy_from needs a table with the same spec and types")
+        cdef GroupTable twin = GroupTable.__new__(GroupTable)
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
         cdef int rc
-        with src._lock, self._lock:
-            self._free_groups()
-            with nogil:
-                rc = self._copy(src)
-            if rc:
-                self._free_groups()
-                raise MemoryError()
+        # The spec objects are never mutated: share them.
+        twin._key_names = self._key_names
+        twin._key_types = self._key_types
+        twin._value_names = self._value_names
+        twin._value_types = self._value_types
+        twin._value_flags = self._value_flags
+        twin._out = self._out
+        twin._lock = threading.Lock()
+        twin.n_keys = self.n_keys
+        twin.n_vals = self.n_vals
+        twin.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
+        twin.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
+        if twin.keys == NULL or twin.vals == NULL:
+            raise MemoryError()
+        for k in range(self.n_keys):
+            twin.keys[k].kind = self.keys[k].kind
+        for j in range(self.n_vals):
+            twin.vals[j].kind = self.vals[j].kind
+            twin.vals[j].flags = self.vals[j].flags
+            twin.vals[j].mn_init = self.vals[j].mn_init
+            twin.vals[j].mx_init = self.vals[j].mx_init
+        with self._lock:
+            if self.n_groups >= _NOGIL_ROWS:
+                with nogil:
+                    rc = twin._copy(self)
+            else:
+                rc = twin._copy(self)
+        if rc:
+            raise MemoryError()  # twin's __dealloc__ frees what was copied
+        return twin
 
     cdef int _copy(self, GroupTable src) noexcept nogil:
-        cdef int64_t cap = src.group_cap
+        # Into a table without groups: src's groups, only the used part of each
+        # array copied. A table more than 4x too big for its groups (a new table
+        # sized for a first batch of mostly repeated keys) is rebuilt at its size
+        # instead, so that later copies move less. -1 when out of memory (what was
+        # copied is held).
+        cdef int64_t n = src.n_groups
+        cdef size_t used = <size_t>n * 8
+        cdef size_t cap = <size_t>min(src.group_cap, _at_least(2 * n, _MIN_GROUPS)) * 8
+        cdef uint64_t slot_cap = src.slot_mask + 1 if src.slots != NULL else 0
+        cdef uint64_t fit = <uint64_t>_at_least(4 * n, _MIN_SLOTS)
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef KeyCol* kd
-        cdef KeyCol* ks
+        cdef const KeyCol* ks
         cdef ValCol* cd
-        cdef ValCol* cs
-        if src.group_cap == 0:
+        cdef const ValCol* cs
+        if src.counts == NULL:
             return 0
-        self.counts = <int64_t*>_dup(src.counts, cap * sizeof(int64_t))
-        self.group_hash = <uint64_t*>_dup(src.group_hash, cap * sizeof(uint64_t))
-        self.slots = <Slot*>_dup(src.slots, (src.slot_mask + 1) * sizeof(Slot))
-        if self.counts == NULL or self.group_hash == NULL or self.slots == NULL:
+        if (_dup(<void**>&self.counts, src.counts, cap, used)
+                or _dup(<void**>&self.group_hash, src.group_hash, cap, used)):
             return -1
-        self.slot_mask = src.slot_mask
-        self.group_cap = cap
+        self.group_cap = <int64_t>(cap // 8)
         for k in range(self.n_keys):
             kd = &self.keys[k]
             ks = &src.keys[k]
-            kd.any_null = ks.any_null
-            kd.nulls = <uint8_t*>_dup(ks.nulls, <size_t>cap)
-            if kd.nulls == NULL:
+            if (_dup(<void**>&kd.nulls, ks.nulls, cap // 8, used // 8)
+                    or _dup(<void**>&kd.ints, ks.ints, cap, used)
+                    or _dup(<void**>&kd.offs, ks.offs, cap, used)
+                    or _dup(<void**>&kd.arena, ks.arena, <size_t>ks.arena_cap, <size_t>ks.arena_len)):
                 return -1
-            if ks.ints != NULL:
-                kd.ints = <uint64_t*>_dup(ks.ints, cap * sizeof(uint64_t))
-                if kd.ints == NULL:
-                    return -1
-            if ks.offs != NULL:
-                kd.offs = <int64_t*>_dup(ks.offs, cap * sizeof(int64_t))
-                if kd.offs == NULL:
-                    return -1
-            if ks.arena != NULL:
-                kd.arena = <uint8_t*>_dup(ks.arena, <size_t>ks.arena_cap)
-                if kd.arena == NULL:
-                    return -1
             kd.arena_len = ks.arena_len
             kd.arena_cap = ks.arena_cap
             kd.key_bytes = ks.key_bytes
         for j in range(self.n_vals):
             cd = &self.vals[j]
             cs = &src.vals[j]
-            cd.nulls = <int64_t*>_dup(cs.nulls, cap * sizeof(int64_t))
-            if cd.nulls == NULL:
+            if (_dup(<void**>&cd.nulls, cs.nulls, cap, used)
+                    or _dup(<void**>&cd.sum, cs.sum, cap, used)
+                    or _dup(<void**>&cd.msum, cs.msum, cap, used)
+                    or _dup(<void**>&cd.mn, cs.mn, cap, used)
+                    or _dup(<void**>&cd.mx, cs.mx, cap, used)):
                 return -1
-            if cs.sum != NULL:
-                cd.sum = <uint64_t*>_dup(cs.sum, cap * sizeof(uint64_t))
-                if cd.sum == NULL:
-                    return -1
-            if cs.msum != NULL:
-                cd.msum = <double*>_dup(cs.msum, cap * sizeof(double))
-                if cd.msum == NULL:
-                    return -1
-            if cs.mn != NULL:
-                cd.mn = <uint64_t*>_dup(cs.mn, cap * sizeof(uint64_t))
-                if cd.mn == NULL:
-                    return -1
-            if cs.mx != NULL:
-                cd.mx = <uint64_t*>_dup(cs.mx, cap * sizeof(uint64_t))
-                if cd.mx == NULL:
-                    return -1
-        self.n_groups = src.n_groups
+        self.n_groups = n
+        if slot_cap > fit:
+            return self._rehash(fit)
+        if _dup(<void**>&self.slots, src.slots, slot_cap * sizeof(Slot), slot_cap * sizeof(Slot)):
+            self.n_groups = 0  # a table without slots holds no groups
+            return -1
+        self.slot_mask = src.slot_mask
         return 0
 
     def nbytes(self):
-        """Bytes held for the groups: what a window state limit counts for an aggregator."""
-        cdef int64_t total = self.n_groups * 16  # count and hash
+        """Bytes held for the groups: what a window state limit counts for an aggregator.
+
+        A size per group (count and hash, per key column its value and null
+        flag, per value column its null count and accumulators) plus the key
+        bytes, whatever capacity is allocated ahead.
+        """
+        cdef int64_t total = self.n_groups * 16
         cdef Py_ssize_t k
         cdef Py_ssize_t j
+        cdef int flags
         for k in range(self.n_keys):
             total += self.n_groups * 9 + self.keys[k].arena_len
         for j in range(self.n_vals):
-            total += self.n_groups * 8 * (1 + (self.vals[j].sum != NULL) + (self.vals[j].msum != NULL)
-                                          + (self.vals[j].mn != NULL) + (self.vals[j].mx != NULL))
+            flags = self.vals[j].flags
+            total += self.n_groups * 8 * (1 + ((flags & HAS_SUM) != 0) + ((flags & HAS_MSUM) != 0)
+                                          + ((flags & HAS_MIN) != 0) + ((flags & HAS_MAX) != 0))
         return total
 
-    cdef int _reserve(self, int64_t groups) noexcept nogil:
-        # Room for `groups` groups: per-group arrays and a table at load <= 1/2.
-        # Returns 0, -1 (out of memory; nothing is lost) or -2 (too many groups).
-        cdef int64_t cap
-        cdef uint64_t slot_cap
+    cdef int _grow_groups(self, int64_t cap) noexcept nogil:
+        # Per-group arrays for `cap` groups. 0, or -1 when out of memory (then the
+        # capacity is unchanged; arrays already grown just hold more room).
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef KeyCol* kc
         cdef ValCol* c
         cdef void* p
-        if groups > _MAX_GROUPS:
-            return -2
-        if groups > self.group_cap:
-            cap = self.group_cap * 2 if self.group_cap else 64
-            while cap < groups:
-                cap *= 2
-            p = realloc(self.counts, cap * sizeof(int64_t))
-            if p == NULL:
-                return -1
-            self.counts = <int64_t*>p
-            p = realloc(self.group_hash, cap * sizeof(uint64_t))
-            if p == NULL:
-                return -1
-            self.group_hash = <uint64_t*>p
-            for k in range(self.n_keys):
-                kc = &self.keys[k]
+        p = realloc(self.counts, cap * sizeof(int64_t))
+        if p == NULL:
+            return -1
+        self.counts = <int64_t*>p
+        p = realloc(self.group_hash, cap * sizeof(uint64_t))
+        if p == NULL:
+            return -1
+        self.group_hash = <uint64_t*>p
+        for k in range(self.n_keys):
+            kc = &self.keys[k]
+            if kc.nulls != NULL:
                 p = realloc(kc.nulls, <size_t>cap)
                 if p == NULL:
                     return -1
                 kc.nulls = <uint8_t*>p
-                if kc.kind == K_BIN32 or kc.kind == K_BIN64:
-                    p = realloc(kc.offs, cap * sizeof(int64_t))
-                    if p == NULL:
-                        return -1
-                    kc.offs = <int64_t*>p
-                else:
-                    p = realloc(kc.ints, cap * sizeof(uint64_t))
-                    if p == NULL:
-                        return -1
-                    kc.ints = <uint64_t*>p
-            for j in range(self.n_vals):
-                c = &self.vals[j]
+            if _is_bin(kc.kind):
+                p = realloc(kc.offs, cap * sizeof(int64_t))
+                if p == NULL:
+                    return -1
+                kc.offs = <int64_t*>p
+            else:
+                p = realloc(kc.ints, cap * sizeof(uint64_t))
+                if p == NULL:
+                    return -1
+                kc.ints = <uint64_t*>p
+        for j in range(self.n_vals):
+            c = &self.vals[j]
+            if c.nulls != NULL:
                 p = realloc(c.nulls, cap * sizeof(int64_t))
                 if p == NULL:
                     return -1
                 c.nulls = <int64_t*>p
-                if c.flags & HAS_SUM:
-                    p = realloc(c.sum, cap * sizeof(uint64_t))
-                    if p == NULL:
-                        return -1
-                    c.sum = <uint64_t*>p
-                if c.flags & HAS_MSUM:
-                    p = realloc(c.msum, cap * sizeof(double))
-                    if p == NULL:
-                        return -1
-                    c.msum = <double*>p
-                if c.flags & HAS_MIN:
-                    p = realloc(c.mn, cap * sizeof(uint64_t))
-                    if p == NULL:
-                        return -1
-                    c.mn = <uint64_t*>p
-                if c.flags & HAS_MAX:
-                    p = realloc(c.mx, cap * sizeof(uint64_t))
-                    if p == NULL:
-                        return -1
-                    c.mx = <uint64_t*>p
-            self.group_cap = cap
-        if self.slots == NULL or <uint64_t>groups * 2 > self.slot_mask + 1:
-            slot_cap = 256
-            while slot_cap < <uint64_t>groups * 2:
-                slot_cap *= 2
-            return self._rehash(slot_cap)
+            if c.flags & HAS_SUM:
+                p = realloc(c.sum, cap * sizeof(uint64_t))
+                if p == NULL:
+                    return -1
+                c.sum = <uint64_t*>p
+            if c.flags & HAS_MSUM:
+                p = realloc(c.msum, cap * sizeof(double))
+                if p == NULL:
+                    return -1
+                c.msum = <double*>p
+            if c.flags & HAS_MIN:
+                p = realloc(c.mn, cap * sizeof(uint64_t))
+                if p == NULL:
+                    return -1
+                c.mn = <uint64_t*>p
+            if c.flags & HAS_MAX:
+                p = realloc(c.mx, cap * sizeof(uint64_t))
+                if p == NULL:
+                    return -1
+                c.mx = <uint64_t*>p
+        self.group_cap = cap
         return 0
 
     cdef int _rehash(self, uint64_t capacity) noexcept nogil:
+        # A table of `capacity` slots holding every group.
         cdef Slot* slots = <Slot*>calloc(capacity, sizeof(Slot))
         cdef uint64_t mask = capacity - 1
         cdef uint64_t pos
-        cdef uint64_t i
-        cdef Slot s
+        cdef uint64_t h
+        cdef int64_t g
+        cdef const KeyCol* first = &self.keys[0]
         if slots == NULL:
             return -1
-        if self.slots != NULL:
-            for i in range(self.slot_mask + 1):
-                s = self.slots[i]
-                if s.tag_gid == 0:
-                    continue
-                pos = self.group_hash[(s.tag_gid & 0xFFFFFFFFULL) - 1] & mask
-                while slots[pos].tag_gid != 0:
-                    pos = (pos + 1) & mask
-                slots[pos] = s
+        for g in range(self.n_groups):
+            h = self.group_hash[g]
+            pos = h & mask
+            while slots[pos].tag_gid != 0:
+                pos = (pos + 1) & mask
+            slots[pos].tag_gid = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(g + 1)
+            slots[pos].key0 = <uint64_t>first.offs[g] if _is_bin(first.kind) else first.ints[g]
         free(self.slots)
         self.slots = slots
         self.slot_mask = mask
         return 0
 
-    cdef int64_t _insert(self, int64_t row, uint64_t h, uint64_t* key0) noexcept nogil:
-        # Append row's key as a new group and set key0 (see Slot); -1 when out of
-        # memory (then no group is added; arena bytes written are just unused).
+    cdef int _make_room(self, uint64_t h, uint64_t* pos) noexcept nogil:
+        # Room for one more group: the per-group arrays and the table grow when
+        # full (then *pos, the empty slot found for hash h, is found again).
+        # 0, -1 when out of memory or -2 for too many groups.
         cdef int64_t g = self.n_groups
-        cdef Py_ssize_t k
+        if g >= _MAX_GROUPS:
+            return -2
+        if g == self.group_cap and self._grow_groups(_at_least(2 * g, _MIN_GROUPS)):
+            return -1
+        if <uint64_t>(g + 1) * 2 > self.slot_mask + 1:
+            if self._rehash((self.slot_mask + 1) * 2):
+                return -1
+            pos[0] = h & self.slot_mask
+            while self.slots[pos[0]].tag_gid != 0:
+                pos[0] = (pos[0] + 1) & self.slot_mask
+        return 0
+
+    cdef void _commit(self, int64_t g, uint64_t h, uint64_t pos, uint64_t key0) noexcept nogil:
+        # Make g (= n_groups, its keys stored) a group: zero its accumulators and
+        # point the empty slot `pos` at it.
         cdef Py_ssize_t j
-        cdef KeyCol* kc
-        cdef const uint8_t* p
-        cdef int64_t n
-        cdef int64_t at
-        cdef int64_t cap
-        cdef void* grown
-        cdef bint null
-        for k in range(self.n_keys):
-            kc = &self.keys[k]
-            null = _is_null(&kc.inp, row)
-            kc.nulls[g] = null
-            if kc.kind == K_BIN32 or kc.kind == K_BIN64:
-                n = 0
-                if not null:
-                    _bytes_at(&kc.inp, kc.kind, row, &p, &n)
-                at = kc.arena_len
-                if at + 8 + n > kc.arena_cap:
-                    cap = kc.arena_cap * 2 if kc.arena_cap else 4096
-                    while cap < at + 8 + n:
-                        cap *= 2
-                    grown = realloc(kc.arena, <size_t>cap)
-                    if grown == NULL:
-                        return -1
-                    kc.arena = <uint8_t*>grown
-                    kc.arena_cap = cap
-                memcpy(kc.arena + at, &n, 8)
-                if n:
-                    memcpy(kc.arena + at + 8, p, <size_t>n)
-                kc.arena_len = at + 8 + n
-                kc.offs[g] = at
-            else:
-                kc.ints[g] = 0 if null else _int_at(kc.inp.values, kc.kind, row)
-        # Committed: nothing below can fail.
-        for k in range(self.n_keys):
-            kc = &self.keys[k]
-            if kc.nulls[g]:
-                kc.any_null = True
-            elif kc.kind == K_BIN32 or kc.kind == K_BIN64:
-                memcpy(&n, kc.arena + kc.offs[g], 8)
-                kc.key_bytes += n
-        kc = &self.keys[0]
-        key0[0] = <uint64_t>kc.offs[g] if kc.kind == K_BIN32 or kc.kind == K_BIN64 else kc.ints[g]
+        cdef ValCol* c
         self.group_hash[g] = h
         self.counts[g] = 0
         for j in range(self.n_vals):
-            _init_slots(&self.vals[j], g)
+            c = &self.vals[j]
+            if c.nulls != NULL:
+                c.nulls[g] = 0
+            if c.sum != NULL:
+                c.sum[g] = 0
+            if c.msum != NULL:
+                c.msum[g] = 0.0
+            if c.mn != NULL:
+                c.mn[g] = c.mn_init
+            if c.mx != NULL:
+                c.mx[g] = c.mx_init
+        self.slots[pos].tag_gid = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(g + 1)
+        self.slots[pos].key0 = key0
         self.n_groups = g + 1
+
+    cdef int64_t _add(self, int64_t row, uint64_t h, uint64_t pos) noexcept nogil:
+        # Append row's key (any key columns) as a new group in the empty slot `pos`
+        # found for hash h. Returns the group, -1 when out of memory or -2 for too
+        # many groups (then nothing changed but capacities).
+        cdef int64_t g = self.n_groups
+        cdef Py_ssize_t k
+        cdef KeyCol* kc
+        cdef const uint8_t* p
+        cdef int64_t n
+        cdef bint null
+        cdef int rc = self._make_room(h, &pos)
+        if rc:
+            return rc
+        for k in range(self.n_keys):
+            # First every allocation, so that a failure leaves no partial group.
+            kc = &self.keys[k]
+            null = _is_null(&kc.inp, row)
+            if null and kc.nulls == NULL:
+                kc.nulls = <uint8_t*>calloc(<size_t>self.group_cap, 1)
+                if kc.nulls == NULL:
+                    return -1
+            if _is_bin(kc.kind):
+                n = 0
+                if not null:
+                    _bytes_at(&kc.inp, kc.kind, row, &p, &n)
+                if kc.arena_len + 8 + n > kc.arena_cap and _grow_arena(kc, kc.arena_len + 8 + n):
+                    return -1
+        for k in range(self.n_keys):
+            kc = &self.keys[k]
+            null = _is_null(&kc.inp, row)
+            if kc.nulls != NULL:
+                kc.nulls[g] = null
+            if _is_bin(kc.kind):
+                n = 0
+                if not null:
+                    _bytes_at(&kc.inp, kc.kind, row, &p, &n)
+                _put_record(kc, g, p, n)
+            else:
+                kc.ints[g] = 0 if null else _int_at(kc.inp.values, kc.kind, row)
+        kc = &self.keys[0]
+        self._commit(g, h, pos, <uint64_t>kc.offs[g] if _is_bin(kc.kind) else kc.ints[g])
         return g
 
-    cdef int _assign(self, int64_t start, int64_t m) noexcept nogil:
-        # Group number of rows start .. start + m - 1 into scratch_gid; needs
-        # _reserve(n_groups + m) first, so the table never grows in here.
-        # Two prefetch stages hide the cache misses of a large table: the slot
-        # of row i + 2D, then the arena record that the slot of row i + D names.
+    cdef int _assign(self, int64_t start, int64_t m, const uint64_t* hashes, uint32_t* gid) noexcept nogil:
+        # Group number of rows start .. start + m - 1 into gid; a new key gets a new
+        # group (_add). Two prefetch stages hide the cache misses of a large table:
+        # the slot of row i + 2D, then the arena record that the slot of row i + D names.
         cdef int64_t i
         cdef int64_t g
         cdef uint64_t h
         cdef uint64_t tag
-        cdef uint64_t key0
         cdef uint64_t pos
-        cdef uint64_t mask = self.slot_mask
-        cdef Slot* slots = self.slots
+        cdef uint64_t s
+        cdef Slot* slots
+        cdef uint64_t mask
         cdef const Slot* ahead
-        cdef const uint64_t* hashes = self.scratch_hash
         cdef const KeyCol* first = &self.keys[0]
-        cdef bint prefetch_records = first.kind == K_BIN32 or first.kind == K_BIN64
+        cdef bint prefetch_records = _is_bin(first.kind)
+        if self.n_keys == 1:
+            return _assign_one(self, start, m, hashes, gid)
+        slots = self.slots
+        mask = self.slot_mask
         for i in range(m):
-            if i + 2 * _PREFETCH_AHEAD < m:
-                SC_PREFETCH(&slots[hashes[i + 2 * _PREFETCH_AHEAD] & mask])
-            if prefetch_records and i + _PREFETCH_AHEAD < m:
-                ahead = &slots[hashes[i + _PREFETCH_AHEAD] & mask]
+            if i + 2 * PREFETCH_AHEAD < m:
+                SC_PREFETCH(&slots[hashes[i + 2 * PREFETCH_AHEAD] & mask])
+            if prefetch_records and i + PREFETCH_AHEAD < m:
+                ahead = &slots[hashes[i + PREFETCH_AHEAD] & mask]
                 if ahead.tag_gid != 0:
                     SC_PREFETCH(first.arena + ahead.key0)
             h = hashes[i]
             tag = h >> 32
             pos = h & mask
             while True:
-                if slots[pos].tag_gid == 0:
-                    g = self._insert(start + i, h, &key0)
+                s = slots[pos].tag_gid
+                if s == 0:
+                    g = self._add(start + i, h, pos)
                     if g < 0:
-                        return -1
-                    slots[pos].tag_gid = (tag << 32) | <uint64_t>(g + 1)
-                    slots[pos].key0 = key0
+                        return <int>g
+                    slots = self.slots
+                    mask = self.slot_mask
                     break
-                if (slots[pos].tag_gid >> 32) == tag:
-                    g = <int64_t>(slots[pos].tag_gid & 0xFFFFFFFFULL) - 1
+                if (s >> 32) == tag:
+                    g = <int64_t>(s & 0xFFFFFFFFULL) - 1
                     if _row_equals(self.keys, self.n_keys, g, start + i, slots[pos].key0):
                         break
                 pos = (pos + 1) & mask
-            self.scratch_gid[i] = g
+            gid[i] = <uint32_t>g
         return 0
 
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil:
         # Fold n rows of the bound inputs: values (update) or a partial state (merge).
+        cdef uint64_t hashes[CHUNK]
+        cdef uint32_t gid[CHUNK]
         cdef int64_t start = 0
         cdef int64_t m
-        cdef int64_t i
         cdef int rc
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef ValCol* c
-        cdef const int64_t* gid = self.scratch_gid
+        if self.n_groups == 0:
+            # A new table: room for the first chunk's rows as groups rather than
+            # growing step by step while they arrive (copy() shrinks what turns
+            # out oversized).
+            m = n if n < CHUNK else CHUNK
+            if self.group_cap < m and self._grow_groups(_at_least(m, _MIN_GROUPS)):
+                return -1
+            if ((self.slots == NULL or self.slot_mask + 1 < <uint64_t>(2 * m))
+                    and self._rehash(<uint64_t>_at_least(2 * m, _MIN_SLOTS))):
+                return -1
         while start < n:
-            m = n - start if n - start < _CHUNK else _CHUNK
-            rc = self._reserve(self.n_groups + m)
-            if rc != 0:
-                return rc
+            m = n - start if n - start < CHUNK else CHUNK
             for k in range(self.n_keys):
-                _hash_column(&self.keys[k], start, m, self.scratch_hash, k == 0)
-            rc = self._assign(start, m)
+                _hash_column(&self.keys[k], start, m, hashes, k == 0)
+            rc = self._assign(start, m, hashes, gid)
             if rc != 0:
                 return rc
             if merge:
@@ -1079,7 +1638,12 @@ cdef class GroupTable:
             for j in range(self.n_vals):
                 c = &self.vals[j]
                 if merge:
-                    _add_nulls(&self.in_count, &c.inp[0], start, m, gid, c.nulls)
+                    if _any_nulls(&self.in_count, &c.inp[0], start, m):
+                        if c.nulls == NULL:
+                            c.nulls = <int64_t*>calloc(<size_t>self.group_cap, sizeof(int64_t))
+                            if c.nulls == NULL:
+                                return -1
+                        _add_nulls(&self.in_count, &c.inp[0], start, m, gid, c.nulls)
                     if c.flags & HAS_SUM:
                         _fold_kind(_sum_kind(c.kind), &c.inp[1], start, m, gid, c.sum, HAS_SUM)
                     if c.flags & HAS_MSUM:
@@ -1089,7 +1653,13 @@ cdef class GroupTable:
                     if c.flags & HAS_MAX:
                         _fold_kind(c.kind, &c.inp[4], start, m, gid, c.mx, HAS_MAX)
                     continue
-                _count_nulls(&c.inp[0], start, m, gid, c.nulls)
+                if c.inp[0].valid != NULL:
+                    if c.nulls == NULL:
+                        # The column's first nulls: from now on a count per group.
+                        c.nulls = <int64_t*>calloc(<size_t>self.group_cap, sizeof(int64_t))
+                        if c.nulls == NULL:
+                            return -1
+                    _count_nulls(&c.inp[0], start, m, gid, c.nulls)
                 if c.flags & HAS_SUM:
                     _fold_kind(c.kind, &c.inp[0], start, m, gid, c.sum, HAS_SUM)
                 if c.flags & HAS_MSUM:
@@ -1101,23 +1671,22 @@ cdef class GroupTable:
             start += m
         return 0
 
-    cdef int _bind_input(self, list arrays, list fields, Py_ssize_t at, int kind, Input* inp) except -1:
-        # Point `inp` at the buffers of arrays[at], which the caller keeps alive.
-        arr = arrays[at]
-        field = fields[at]
+    cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1:
+        # Point `inp` at the buffers of `arr` (column `name`, of type `dtype`), which
+        # the caller keeps alive.
         if not isinstance(arr, pa.Array):
-            msg = f"column {field.name!r} must be a pyarrow.Array, got {type(arr).__name__}"
+            msg = f"column {name!r} must be a pyarrow.Array, got {type(arr).__name__}"
             raise TypeError(msg)
-        if not arr.type.equals(field.type):
-            msg = (f"column {field.name!r} has type {arr.type}, but this aggregator holds "
-                   f"{field.type} for it")
+        if not arr.type.equals(dtype):
+            msg = (f"column {name!r} has type {arr.type}, but this aggregator holds "
+                   f"{dtype} for it")
             raise InvalidRecordsError(msg)
         buffers = arr.buffers()
         cdef int64_t offset = arr.offset
         inp.voff = offset
         inp.valid = _address(buffers[0]) if arr.null_count else NULL
         inp.values = _address(buffers[1]) + _width(kind) * offset
-        inp.data = _address(buffers[2]) if kind == K_BIN32 or kind == K_BIN64 else NULL
+        inp.data = _address(buffers[2]) if _is_bin(kind) else NULL
         return 0
 
     cdef int _raise_for(self, int rc) except -1:
@@ -1135,21 +1704,26 @@ cdef class GroupTable:
         cdef int rc
         if len(key_arrays) != self.n_keys or len(value_arrays) != self.n_vals:
             raise ValueError("one array per key column and per value column is expected")
-        cdef list key_fields = self._key_fields
-        cdef list value_fields = self._value_fields
         n = len(key_arrays[0])
-        for arr in key_arrays + value_arrays:
+        for arr in key_arrays:
+            if len(arr) != n:
+                raise ValueError("every column must have the same length")
+        for arr in value_arrays:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
         with self._lock:
             for k in range(self.n_keys):
-                self._bind_input(key_arrays, key_fields, k, self.keys[k].kind, &self.keys[k].inp)
+                arr, name, dtype = key_arrays[k], self._key_names[k], self._key_types[k]
+                self._bind_input(arr, name, dtype, self.keys[k].kind, &self.keys[k].inp)
             for j in range(self.n_vals):
-                self._bind_input(value_arrays, value_fields, j, self.vals[j].kind,
-                                 &self.vals[j].inp[0])
+                arr, name, dtype = value_arrays[j], self._value_names[j], self._value_types[j]
+                self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             if n == 0:
                 return
-            with nogil:
+            if n >= _NOGIL_ROWS:
+                with nogil:
+                    rc = self._fold(n, False)
+            else:
                 rc = self._fold(n, False)
             if rc != 0:
                 self._raise_for(rc)
@@ -1158,25 +1732,39 @@ cdef class GroupTable:
         """The key column types, then the value column types."""
         return self._key_types + self._value_types
 
+    cdef tuple _state_layout(self):
+        # Names and (code, column) of the state columns, in order.
+        cdef Py_ssize_t j
+        cdef int flags
+        names = list(self._key_names) + ["count"]
+        codes = [(OUT_KEY, k) for k in range(self.n_keys)] + [(OUT_COUNT, 0)]
+        for j in range(self.n_vals):
+            flags = self.vals[j].flags
+            name = self._value_names[j]
+            names.append(f"{name}.nonnull")
+            codes.append((OUT_NONNULL, j))
+            for bit, suffix, code in ((HAS_SUM, "sum", OUT_SUM), (HAS_MSUM, "msum", OUT_MSUM),
+                                      (HAS_MIN, "min", OUT_MIN), (HAS_MAX, "max", OUT_MAX)):
+                if flags & bit:
+                    names.append(f"{name}.{suffix}")
+                    codes.append((code, j))
+        return names, codes
+
+    cdef object _out_type(self, int code, Py_ssize_t at):
+        if code == OUT_KEY:
+            return self._key_types[at]
+        if code == OUT_COUNT or code == OUT_NONNULL:
+            return pa.int64()
+        if code == OUT_SUM:
+            return _sum_type(self.vals[at].kind)
+        if code == OUT_MSUM or code == OUT_MEAN:
+            return pa.float64()
+        return self._value_types[at]
+
     def state_schema(self):
         """The schema of ``state_columns``: names and types."""
-        cdef Py_ssize_t j
-        cdef ValCol* c
-        fields = [pa.field(name, dtype) for name, dtype in zip(self._key_names, self._key_types)]
-        fields.append(pa.field("count", pa.int64()))
-        for j in range(self.n_vals):
-            c = &self.vals[j]
-            name = self._value_names[j]
-            fields.append(pa.field(f"{name}.nonnull", pa.int64()))
-            if c.flags & HAS_SUM:
-                fields.append(pa.field(f"{name}.sum", _sum_type(c.kind)))
-            if c.flags & HAS_MSUM:
-                fields.append(pa.field(f"{name}.msum", pa.float64()))
-            if c.flags & HAS_MIN:
-                fields.append(pa.field(f"{name}.min", self._value_types[j]))
-            if c.flags & HAS_MAX:
-                fields.append(pa.field(f"{name}.max", self._value_types[j]))
-        return pa.schema(fields)
+        names, codes = self._state_layout()
+        return self._schema(names, codes)
 
     def merge_state(self, list columns):
         """Fold a partial state: one array per field of ``state_schema()``, in order."""
@@ -1196,148 +1784,124 @@ cdef class GroupTable:
                 raise ValueError("every column must have the same length")
         with self._lock:
             for k in range(self.n_keys):
-                self._bind_input(columns, fields, k, self.keys[k].kind, &self.keys[k].inp)
+                _bind_state(self, columns, fields, k, self.keys[k].kind, &self.keys[k].inp)
             at = self.n_keys
-            self._bind_input(columns, fields, at, K_I64, &self.in_count)
+            _bind_state(self, columns, fields, at, K_I64, &self.in_count)
             _no_nulls(columns, fields, at)
             at += 1
             for j in range(self.n_vals):
                 c = &self.vals[j]
-                self._bind_input(columns, fields, at, K_I64, &c.inp[0])
+                _bind_state(self, columns, fields, at, K_I64, &c.inp[0])
                 _no_nulls(columns, fields, at)
                 at += 1
                 if c.flags & HAS_SUM:
-                    self._bind_input(columns, fields, at, _sum_kind(c.kind), &c.inp[1])
+                    _bind_state(self, columns, fields, at, _sum_kind(c.kind), &c.inp[1])
                     at += 1
                 if c.flags & HAS_MSUM:
-                    self._bind_input(columns, fields, at, K_F64, &c.inp[2])
+                    _bind_state(self, columns, fields, at, K_F64, &c.inp[2])
                     at += 1
                 if c.flags & HAS_MIN:
-                    self._bind_input(columns, fields, at, c.kind, &c.inp[3])
+                    _bind_state(self, columns, fields, at, c.kind, &c.inp[3])
                     at += 1
                 if c.flags & HAS_MAX:
-                    self._bind_input(columns, fields, at, c.kind, &c.inp[4])
+                    _bind_state(self, columns, fields, at, c.kind, &c.inp[4])
                     at += 1
             if n == 0:
                 return
-            with nogil:
+            if n >= _NOGIL_ROWS:
+                with nogil:
+                    rc = self._fold(n, True)
+            else:
                 rc = self._fold(n, True)
             if rc != 0:
                 self._raise_for(rc)
 
-    cdef object _key_array(self, Py_ssize_t k):
-        cdef KeyCol* kc = &self.keys[k]
-        cdef int64_t n = self.n_groups
-        cdef int64_t i
-        cdef int64_t length
-        cdef int64_t at = 0
-        cdef int64_t total = kc.key_bytes
-        cdef bint wide = kc.kind == K_BIN64
-        cdef uint8_t* offsets_out
-        cdef uint8_t* data_out
-        dtype = self._key_types[k]
-        bits, null_count = _validity_from_flags(kc.nulls, n)
-        if kc.kind != K_BIN32 and kc.kind != K_BIN64:
-            return pa.Array.from_buffers(dtype, n, [bits, _narrow(kc.ints, kc.kind, n)],
-                                         null_count=null_count)
-        if not wide and total > INT32_MAX:
-            msg = (f"the keys of column {self._key_names[k]!r} hold {total} bytes, more "
-                   f"than {dtype} can address; use the large_ variant of the type")
-            raise OverflowError(msg)
-        offsets = pa.allocate_buffer((8 if wide else 4) * (n + 1))
-        data = pa.allocate_buffer(total)
-        offsets_out = _mutable(offsets)
-        data_out = _mutable(data) if total else NULL
-        with nogil:
-            for i in range(n):
-                if wide:
-                    (<int64_t*>offsets_out)[i] = at
+    cdef object _export(self, list codes, object schema):
+        # A RecordBatch of the groups: column i is codes[i] = (OUT_*, column index),
+        # of the type schema[i] has (see _schema). Its buffers are allocated here
+        # and freed by its release callback.
+        cdef Py_ssize_t n_cols = len(codes)
+        cdef Py_ssize_t i
+        cdef Py_ssize_t k
+        cdef int c_codes[64]
+        cdef Py_ssize_t c_ats[64]
+        cdef int* p_codes = c_codes
+        cdef Py_ssize_t* p_ats = c_ats
+        cdef CArrowArray batch
+        cdef int rc = 0
+        cdef int64_t total
+        if n_cols > 64:
+            p_codes = <int*>malloc(n_cols * sizeof(int))
+            p_ats = <Py_ssize_t*>malloc(n_cols * sizeof(Py_ssize_t))
+        batch.release = NULL
+        try:
+            if p_codes == NULL or p_ats == NULL:
+                raise MemoryError()
+            for i in range(n_cols):
+                p_codes[i], p_ats[i] = codes[i]
+            with self._lock:
+                for i in range(n_cols):
+                    if p_codes[i] == OUT_KEY and self.keys[p_ats[i]].kind == K_BIN32:
+                        k = p_ats[i]
+                        total = self.keys[k].key_bytes
+                        if total > INT32_MAX:
+                            msg = (f"the keys of column {self._key_names[k]!r} hold {total} bytes, "
+                                   f"more than {self._key_types[k]} can address; use the large_ "
+                                   f"variant of the type")
+                            raise OverflowError(msg)
+                if self.n_groups >= _NOGIL_ROWS:
+                    with nogil:
+                        rc = _fill_batch(self, &batch, p_codes, p_ats, n_cols)
                 else:
-                    (<int32_t*>offsets_out)[i] = <int32_t>at
-                memcpy(&length, kc.arena + kc.offs[i], 8)
-                if length:
-                    memcpy(data_out + at, kc.arena + kc.offs[i] + 8, <size_t>length)
-                at += length
-            if wide:
-                (<int64_t*>offsets_out)[n] = at
-            else:
-                (<int32_t*>offsets_out)[n] = <int32_t>at
-        return pa.Array.from_buffers(dtype, n, [bits, offsets, data], null_count=null_count)
+                    rc = _fill_batch(self, &batch, p_codes, p_ats, n_cols)
+            if rc:
+                raise MemoryError()
+            # The import takes the struct over (and releases it if it fails).
+            return pa.RecordBatch._import_from_c(<uintptr_t>&batch, schema)
+        finally:
+            if batch.release != NULL:
+                batch.release(&batch)
+            if p_codes != c_codes:
+                free(p_codes)
+                free(p_ats)
 
-    cdef object _mean_array(self, ValCol* c):
-        cdef int64_t n = self.n_groups
-        cdef int64_t i
-        buf = pa.allocate_buffer(8 * n)
-        cdef double* out = <double*>_mutable(buf)
-        cdef const double* sums = <const double*>c.sum if _is_float(c.kind) else c.msum
-        with nogil:
-            for i in range(n):
-                out[i] = sums[i] / <double>(self.counts[i] - c.nulls[i]) if self.counts[i] != c.nulls[i] else 0.0
-        return _fixed_array(pa.float64(), buf, _validity_from_counts(self.counts, c.nulls, n), n)
-
-    cdef object _nonnull(self, ValCol* c):
-        cdef int64_t n = self.n_groups
-        cdef int64_t i
-        buf = pa.allocate_buffer(8 * n)
-        cdef int64_t* out = <int64_t*>_mutable(buf)
-        with nogil:
-            for i in range(n):
-                out[i] = self.counts[i] - c.nulls[i]
-        return buf
+    cdef object _schema(self, list names, list codes):
+        return pa.schema([pa.field(name, self._out_type(code, at))
+                          for name, (code, at) in zip(names, codes)])
 
     def state_columns(self):
         """The partial state as arrays, one per field of ``state_schema()``."""
-        cdef Py_ssize_t k
-        cdef Py_ssize_t j
-        cdef ValCol* c
-        cdef int64_t n
-        with self._lock:
-            n = self.n_groups
-            out = [self._key_array(k) for k in range(self.n_keys)]
-            out.append(pa.Array.from_buffers(pa.int64(), n, [None, _copy8(self.counts, n)]))
-            for j in range(self.n_vals):
-                c = &self.vals[j]
-                dtype = self._value_types[j]
-                out.append(pa.Array.from_buffers(pa.int64(), n, [None, self._nonnull(c)]))
-                validity = _validity_from_counts(self.counts, c.nulls, n)
-                if c.flags & HAS_SUM:
-                    out.append(_fixed_array(_sum_type(c.kind), _copy8(c.sum, n), validity, n))
-                if c.flags & HAS_MSUM:
-                    out.append(_fixed_array(pa.float64(), _copy8(c.msum, n), validity, n))
-                if c.flags & HAS_MIN:
-                    out.append(_fixed_array(dtype, _narrow(c.mn, c.kind, n), validity, n))
-                if c.flags & HAS_MAX:
-                    out.append(_fixed_array(dtype, _narrow(c.mx, c.kind, n), validity, n))
-            return out
+        names, codes = self._state_layout()
+        return self._export(codes, self._schema(names, codes)).columns
 
-    def result_arrays(self):
-        """``(keys, count, aggregates)``: the key arrays, the row counts, and per value
-        column a dict with the ``"sum"``, ``"min"``, ``"max"`` and ``"mean"`` arrays asked for."""
+    def result_batch(self, list names, list layout):
+        """The groups as a ``pyarrow.RecordBatch``: the key columns, then one column
+        per ``(op, value column index)`` of ``layout`` with ``op`` one of ``"count"``
+        (index ignored), ``"sum"``, ``"min"``, ``"max"``, ``"mean"`` (asked for at
+        construction); ``names`` names every column."""
         cdef Py_ssize_t k
-        cdef Py_ssize_t j
-        cdef ValCol* c
-        cdef int64_t n
-        with self._lock:
-            n = self.n_groups
-            keys = [self._key_array(k) for k in range(self.n_keys)]
-            count = pa.Array.from_buffers(pa.int64(), n, [None, _copy8(self.counts, n)])
-            aggregates = []
-            for j in range(self.n_vals):
-                c = &self.vals[j]
-                want = self._value_flags[j]
-                dtype = self._value_types[j]
-                validity = _validity_from_counts(self.counts, c.nulls, n)
-                arrays = {}
-                if want & WANT_SUM:
-                    arrays["sum"] = _fixed_array(_sum_type(c.kind), _copy8(c.sum, n), validity, n)
-                if want & WANT_MIN:
-                    arrays["min"] = _fixed_array(dtype, _narrow(c.mn, c.kind, n), validity, n)
-                if want & WANT_MAX:
-                    arrays["max"] = _fixed_array(dtype, _narrow(c.mx, c.kind, n), validity, n)
-                if want & WANT_MEAN:
-                    arrays["mean"] = self._mean_array(c)
-                aggregates.append(arrays)
-            return keys, count, aggregates
+        cdef int code
+        out = self._out
+        if out is not None and names == out[0] and layout == out[1]:
+            return self._export(out[2], out[3])
+        if len(names) != self.n_keys + len(layout):
+            raise ValueError("one name per key column and per layout entry is expected")
+        codes = [(OUT_KEY, k) for k in range(self.n_keys)]
+        for op, at in layout:
+            code = _OPS.get(op, 0)
+            if code == OUT_COUNT:
+                codes.append((code, 0))
+                continue
+            if code == 0 or not 0 <= at < self.n_vals:
+                raise ValueError(f"layout entry {(op, at)!r} is not a count or an aggregate of a value column")
+            want = self._value_flags[at]
+            if not want & {OUT_SUM: WANT_SUM, OUT_MIN: WANT_MIN, OUT_MAX: WANT_MAX, OUT_MEAN: WANT_MEAN}[code]:
+                raise ValueError(f"{op} of {self._value_names[at]!r} was not asked for")
+            codes.append((code, at))
+        schema = self._schema(names, codes)
+        # Copies of the caller's lists: the cache must not change with them.
+        self._out = (list(names), [tuple(e) for e in layout], codes, schema)
+        return self._export(codes, schema)
 
 
 # --- window starts -------------------------------------------------------------------

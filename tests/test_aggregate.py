@@ -117,6 +117,16 @@ def assert_same(
             assert same_value(other[name], value, exact=exact), (key, name, other[name], value)
 
 
+def assert_identical(got: pa.Table, want: pa.Table) -> None:
+    """Same schema and the same rows in the same order, NaN equal to NaN."""
+    assert got.schema == want.schema, (got.schema, want.schema)
+    got_rows, want_rows = got.to_pylist(), want.to_pylist()
+    assert len(got_rows) == len(want_rows)
+    for got_row, want_row in zip(got_rows, want_rows, strict=True):
+        for name, value in want_row.items():
+            assert same_value(got_row[name], value, exact=True), (name, got_row, want_row)
+
+
 # --- data -------------------------------------------------------------------------------
 
 
@@ -259,6 +269,29 @@ def test_merge_and_state_round_trip_match_pyarrow(
     assert_same(total.result(), pyarrow_result(table, agg_spec), agg_spec["by"], ordered=False)
 
 
+@MERGE_SETTINGS
+@given(data=tables(), chunks=st.data())
+def test_copies_are_independent_and_match_pyarrow(
+    data: tuple[pa.Table, dict[str, Any]], chunks: st.DataObject
+) -> None:
+    # What a window does before every invocation: copy, fold into the copy, keep it.
+    table, agg_spec = data
+    cut = chunks.draw(st.integers(0, table.num_rows))
+    agg = Aggregator(**agg_spec)
+    feed(chunks.draw, agg, table.slice(0, cut))
+    before = agg.result()
+    twin = agg.copy()
+    feed(chunks.draw, twin, table.slice(cut))
+    assert_identical(agg.result(), before)  # folding into the copy left the original alone
+    assert len(twin) == pyarrow_result(table, agg_spec).num_rows
+    assert_same(twin.result(), pyarrow_result(table, agg_spec), agg_spec["by"], ordered=True, table=table)
+    # and the other way round: the original goes on, the copy stays as it was
+    twin_before = twin.result()
+    feed(chunks.draw, agg, table.slice(cut))
+    assert_identical(twin.result(), twin_before)
+    assert_same(agg.result(), pyarrow_result(table, agg_spec), agg_spec["by"], ordered=True, table=table)
+
+
 # --- semantics, by example -------------------------------------------------------------
 
 
@@ -396,6 +429,79 @@ def test_many_groups_grow_the_table() -> None:
         ordered=True,
         table=table,
     )
+
+
+def test_big_batches_grow_the_table_while_folding() -> None:
+    # Batches longer than a pass (1024 rows), almost every row a new group, then
+    # copies of small and large tables going on with more groups.
+    n = 5_000
+    keys = pa.array([f"k{(i * 7919) % 4_001}" for i in range(n)])
+    ints = pa.array([(i * 104_729) % 3_001 - 1_500 for i in range(n)], pa.int16())
+    table = pa.table({"s": keys, "i": ints, "v": pa.array(range(n), pa.int64())})
+    for by in (["s"], ["i"], ["s", "i"]):
+        agg_spec = {"by": by, "sum": ["v"], "min": ["v"]}
+        agg = Aggregator(**agg_spec)
+        agg.update(table.slice(0, 40))
+        agg = agg.copy()  # a table sized for a 40-row batch
+        agg.update(table.slice(40, 3_000))
+        agg = agg.copy()
+        agg.update(table.slice(3_040))
+        want = pyarrow_result(table, agg_spec)
+        assert_same(agg.result(), want, by, ordered=True, table=table)
+
+
+def test_a_copy_of_a_table_sized_for_few_groups_keeps_working() -> None:
+    # A first batch of repeated keys sizes the table for its rows; copies shrink it.
+    table = pa.table({"k": pa.array(["a", "b"] * 500), "v": pa.array([1.0] * 1_000)})
+    agg = Aggregator(by="k", sum="v")
+    agg.update(table)
+    for round_ in range(3):
+        agg = agg.copy()
+        more = pa.table({"k": [f"n{round_}-{i}" for i in range(300)], "v": [2.0] * 300})
+        agg.update(more)
+        table = pa.concat_tables([table, more])
+    assert_same(
+        agg.result(), pyarrow_result(table, {"by": ["k"], "sum": ["v"]}), ["k"], ordered=True, table=table
+    )
+
+
+def test_nulls_appearing_late_and_after_a_copy() -> None:
+    # Null keys and null values first show up in later batches (and in copies).
+    parts = [
+        pa.table({"k": pa.array(["a", "b"]), "i": pa.array([1, 2], pa.int32()), "v": pa.array([1.0, 2.0])}),
+        pa.table(
+            {"k": pa.array(["a", None]), "i": pa.array([None, 2], pa.int32()), "v": pa.array([None, 4.0])}
+        ),
+        pa.table(
+            {"k": pa.array([None, "c"]), "i": pa.array([1, None], pa.int32()), "v": pa.array([5.0, None])}
+        ),
+    ]
+    table = pa.concat_tables(parts)
+    for by in (["k"], ["i"], ["k", "i"]):
+        agg_spec = {"by": by, "sum": ["v"], "mean": ["v"], "max": ["v"]}
+        agg = Aggregator(**agg_spec)
+        for part in parts:
+            agg = agg.copy()
+            agg.update(part)
+        want = pyarrow_result(table, agg_spec)
+        assert_same(agg.result(), want, by, ordered=True, table=table)
+        restored = Aggregator.from_state(agg.to_state())
+        assert_same(restored.result(), want, by, ordered=False)
+
+
+def test_result_is_cached_per_layout_and_owns_its_memory() -> None:
+    agg = Aggregator(by="k", sum="v", min="v")
+    agg.update(pa.table({"k": ["x", "y", "x"], "v": [3, 4, 5]}))
+    first = agg.result()
+    agg.update(pa.table({"k": ["z"], "v": [1]}))
+    second = agg.result()
+    del agg
+    assert first.to_pylist() == [
+        {"k": "x", "count": 2, "v_sum": 8, "v_min": 3},
+        {"k": "y", "count": 1, "v_sum": 4, "v_min": 4},
+    ]
+    assert second.num_rows == 3 and second.schema == first.schema
+    second.validate(full=True)
 
 
 def test_empty_inputs_fix_types_and_change_nothing() -> None:

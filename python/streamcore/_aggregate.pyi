@@ -25,8 +25,8 @@ class GroupTable:
         value_flags: list[int],
     ) -> None: ...
     def __len__(self) -> int: ...
-    def copy_from(self, src: GroupTable) -> None:
-        """Make this table (same spec and types) an exact copy of ``src``."""
+    def copy(self) -> GroupTable:
+        """An independent table with the same spec and groups (a copy of the arrays in use)."""
     def nbytes(self) -> int:
         """Bytes held for the groups."""
     def clear(self) -> None:
@@ -47,5 +47,6 @@ class GroupTable:
     def state_columns(self) -> list[pa.Array]:
         """The partial state as arrays, one per field of ``state_schema()``."""
 
-    def result_arrays(self) -> tuple[list[pa.Array], pa.Array, list[dict[str, pa.Array]]]:
-        """``(keys, count, aggregates)`` of every group, in order of first appearance."""
+    def result_batch(self, names: list[str], layout: list[tuple[str, int]]) -> pa.RecordBatch:
+        """The groups in order of first appearance: the key columns, then per ``(op, value
+        column index)`` of ``layout`` (``op``: count, sum, min, max, mean) one column."""

@@ -2,7 +2,7 @@
 
 ``Aggregator`` folds record batches into per-group ``count``, ``sum``,
 ``min``, ``max`` and ``mean`` with the native ``_aggregate`` core: no Python
-work per row, the GIL released while rows are folded. Its results match
+work per row, the GIL released while large inputs are folded. Its results match
 pyarrow's ``Table.group_by(by).aggregate(...)``; its partial state can be
 merged with another aggregator's or saved as Arrow IPC bytes, which is what a
 windowed handler needs to aggregate across batches and invocations.
@@ -80,7 +80,7 @@ def _key_fix(dtype: pa.DataType) -> tuple[pa.DataType, Callable[[pa.Array], pa.A
 class _Plan:
     """Where an input schema's key and value columns are, and how keys are converted."""
 
-    __slots__ = ("fixes", "key_idx", "key_types", "schema", "value_idx", "value_types")
+    __slots__ = ("any_fix", "fixes", "key_idx", "key_types", "schema", "value_idx", "value_types")
 
     def __init__(self, schema: pa.Schema, by: list[str], values: list[str]) -> None:
         self.schema = schema
@@ -89,6 +89,7 @@ class _Plan:
         fixed = [_key_fix(schema.field(i).type) for i in self.key_idx]
         self.key_types = [dtype for dtype, _ in fixed]
         self.fixes = [fix for _, fix in fixed]
+        self.any_fix = any(fix is not None for fix in self.fixes)
         self.value_types = [schema.field(i).type for i in self.value_idx]
 
     @staticmethod
@@ -133,7 +134,9 @@ class Aggregator:
 
     The first records (an empty batch will do) fix the column types; later
     records must have the same types. An aggregator is safe to share between
-    threads (calls are serialised); rows are folded with the GIL released.
+    threads (calls are serialised). Inputs of 64k rows or more are folded with
+    the GIL released; smaller ones keep it, as a thread that gives the GIL up
+    for microseconds of work can wait a whole switch interval to get it back.
 
     Examples
     --------
@@ -144,7 +147,7 @@ class Aggregator:
     [{'user': 'a', 'count': 2, 'value_sum': 4}, {'user': 'b', 'count': 1, 'value_sum': 2}]
     """
 
-    __slots__ = ("_by", "_count", "_ops", "_plan", "_table", "_values")
+    __slots__ = ("_by", "_count", "_layout", "_names", "_ops", "_plan", "_table", "_values")
 
     def __init__(
         self,
@@ -177,6 +180,13 @@ class Aggregator:
         self._values: list[str] = []
         for op in _AGGREGATES:
             self._values += [col for col in self._ops[op] if col not in self._values]
+        # The result's column names and, after the keys, its (op, value column) layout.
+        self._names: list[str] = [*self._by, *(["count"] if count else [])]
+        self._layout: list[tuple[str, int]] = [("count", -1)] if count else []
+        for op in _AGGREGATES:
+            for col in self._ops[op]:
+                self._names.append(f"{col}_{op}")
+                self._layout.append((op, self._values.index(col)))
         self._plan: _Plan | None = None
         self._table: _aggregate.GroupTable | None = None
 
@@ -211,13 +221,11 @@ class Aggregator:
         private copy, committed only when the invocation succeeds.
         """
         twin = Aggregator.__new__(Aggregator)
-        # The spec and the plan are never mutated in place: share them.
-        twin._by, twin._count, twin._ops = self._by, self._count, self._ops
-        twin._values, twin._plan, twin._table = self._values, self._plan, None
-        if self._table is not None:
-            types = self._table.input_types()
-            n_keys = len(self._by)
-            twin._bind(types[:n_keys], types[n_keys:]).copy_from(self._table)
+        # The spec, the layout and the plan are never mutated in place: share them.
+        twin._by, twin._count, twin._ops, twin._values = self._by, self._count, self._ops, self._values
+        twin._names, twin._layout, twin._plan = self._names, self._layout, self._plan
+        table = self._table
+        twin._table = None if table is None else table.copy()
         return twin
 
     def __copy__(self) -> Aggregator:
@@ -306,11 +314,11 @@ class Aggregator:
 
     def _update_batch(self, batch: pa.RecordBatch) -> None:
         plan, table = self._plan_for(batch.schema)
-        keys = [batch.column(i) for i in plan.key_idx]
-        for k, fix in enumerate(plan.fixes):
-            if fix is not None:
-                keys[k] = fix(keys[k])
-        table.update(keys, [batch.column(i) for i in plan.value_idx])
+        column = batch.column
+        keys = [column(i) for i in plan.key_idx]
+        if plan.any_fix:
+            keys = [key if fix is None else fix(key) for key, fix in zip(keys, plan.fixes, strict=True)]
+        table.update(keys, [column(i) for i in plan.value_idx])
 
     def merge(self, other: Aggregator) -> None:
         """Fold another aggregator's groups into this one (``other`` is unchanged).
@@ -351,24 +359,14 @@ class Aggregator:
         have fixed the types, the key, sum, min and max columns are of type
         null. The returned table owns its memory.
         """
-        names: list[str] = list(self._by)
-        if self._table is None:
-            arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in self._by]
-            count = pa.array([], pa.int64())
-            aggs: list[dict[str, pa.Array]] = [
-                {op: pa.array([], pa.float64() if op == "mean" else pa.null()) for op in _AGGREGATES}
-                for _ in self._values
-            ]
-        else:
-            arrays, count, aggs = self._table.result_arrays()
-        if self._count:
-            names.append("count")
-            arrays.append(count)
-        for op in _AGGREGATES:
-            for col in self._ops[op]:
-                names.append(f"{col}_{op}")
-                arrays.append(aggs[self._values.index(col)][op])
-        return pa.Table.from_arrays(arrays, names=names)
+        table = self._table
+        if table is not None:
+            return pa.Table.from_batches([table.result_batch(self._names, self._layout)])
+        arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in self._by]
+        for op, _ in self._layout:
+            dtype = pa.int64() if op == "count" else pa.float64() if op == "mean" else pa.null()
+            arrays.append(pa.array([], dtype))
+        return pa.Table.from_arrays(arrays, names=self._names)
 
     def to_state(self) -> bytes:
         """The partial state as Arrow IPC stream bytes, for ``from_state``.
