@@ -361,7 +361,10 @@ class Aggregator:
         """
         table = self._table
         if table is not None:
-            return pa.Table.from_batches([table.result_batch(self._names, self._layout)])
+            batch = table.result_batch(self._names, self._layout)
+            # Not Table.from_batches: it releases the GIL, and with other Python
+            # threads running, getting it back can take a whole switch interval (5 ms).
+            return pa.Table.from_arrays(batch.columns, schema=batch.schema)
         arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in self._by]
         for op, _ in self._layout:
             dtype = pa.int64() if op == "count" else pa.float64() if op == "mean" else pa.null()
