@@ -93,9 +93,9 @@ def consume(
     second figure is 0: in-memory checkpoints are final when the run ends.
     """
     store = None if folder is None else sc.DirectoryCheckpoints(folder)
-    # A no-op handler is CPU-bound: run it with as many invocations at once as cores, as
-    # such a job should (eight threads taking turns at the GIL make both runs bimodal).
-    with sc.App(store, clock=clock, concurrency=max(2, os.cpu_count() or 2)) as app:
+    # A no-op handler is CPU-bound Python: one invocation at a time, as such a job
+    # should run (README, "Threads"); threads taking turns at the GIL make runs bimodal.
+    with sc.App(store, clock=clock, concurrency=1) as app:
         app.consumer(stream, name="noop", batch_size=BATCH_SIZE)(noop)
         started = time.perf_counter()
         app.run(until_idle=True)

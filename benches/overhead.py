@@ -42,6 +42,7 @@ SMALL_BATCH_SIZE = 100
 REPEAT = 5  # framework runs are short (well under a second each): take the best of more
 BASELINE_REPEAT = 3
 SWEEP_BATCH_SIZES = (100, 500, 1000, 5000)  # throughput against batch size (a plot)
+CONCURRENCY = 1
 TARGET_NS_PER_RECORD = 100.0
 TARGET_US_PER_BATCH = 20.0
 
@@ -90,7 +91,9 @@ def consume(
     invocations = 0
     best = float("inf")
     for _ in range(repeat):
-        with sc.App(clock=clock) as app:
+        # A no-op handler is CPU-bound Python: one invocation at a time (README, "Threads");
+        # more threads taking turns at the GIL would measure the GIL, not streamcore.
+        with sc.App(clock=clock, concurrency=CONCURRENCY) as app:
             app.consumer(stream, name="noop", batch_size=batch_size)(noop)
             seconds = best_seconds(lambda app=app: app.run(until_idle=True), repeat=1)
             metrics = app.metrics()
