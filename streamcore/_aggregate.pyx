@@ -60,6 +60,7 @@ import threading
 
 import pyarrow as pa
 
+from streamcore._arrow cimport input_address
 from streamcore._hashing cimport xxh64, xxh64_u64
 
 from streamcore.errors import InvalidRecordsError
@@ -167,7 +168,6 @@ cdef uint64_t _PREFETCH_SLOTS = 1 << 14
 # The slot stores group + 1 in 32 bits.
 cdef int64_t _MAX_GROUPS = 0xFFFFFFFE
 cdef uint64_t _NULL_HASH = 0x2545F4914F6CDD1DULL
-cdef uint8_t _EMPTY = 0
 # First capacities: small, as many windows hold few groups.
 cdef int64_t _MIN_GROUPS = 64
 cdef uint64_t _MIN_SLOTS = 128
@@ -896,17 +896,6 @@ cdef inline int64_t _nulls_at(const int64_t* nulls, int64_t g) noexcept nogil:
 
 
 # --- input helpers -------------------------------------------------------------------
-
-cdef const uint8_t* _address(object buf) except NULL:
-    if buf is None:
-        return &_EMPTY
-    if not buf.is_cpu:
-        msg = f"buffers must be in CPU memory, got a buffer on {buf.device}"
-        raise InvalidRecordsError(msg)
-    if buf.size == 0:
-        return &_EMPTY
-    return <const uint8_t*><uintptr_t>buf.address
-
 
 cdef inline uint8_t* _mutable(object buf):
     return <uint8_t*><uintptr_t>buf.address
@@ -1684,9 +1673,9 @@ cdef class GroupTable:
         buffers = arr.buffers()
         cdef int64_t offset = arr.offset
         inp.voff = offset
-        inp.valid = _address(buffers[0]) if arr.null_count else NULL
-        inp.values = _address(buffers[1]) + _width(kind) * offset
-        inp.data = _address(buffers[2]) if _is_bin(kind) else NULL
+        inp.valid = input_address(buffers[0]) if arr.null_count else NULL
+        inp.values = input_address(buffers[1]) + _width(kind) * offset
+        inp.data = input_address(buffers[2]) if _is_bin(kind) else NULL
         return 0
 
     cdef int _raise_for(self, int rc) except -1:
@@ -1939,7 +1928,7 @@ def floor_multiple(arr, size):
     validity = None
     valid = NULL
     if arr.null_count:
-        valid = _address(buffers[0])
+        valid = input_address(buffers[0])
         validity = pa.allocate_buffer((n + 7) // 8)
         bits = _mutable(validity)
         with nogil:
@@ -1947,7 +1936,7 @@ def floor_multiple(arr, size):
             for i in range(n):
                 if _bit(valid, offset + i):
                     bits[i >> 3] |= <uint8_t>(1 << (i & 7))
-    values = _address(buffers[1]) + 8 * offset
+    values = input_address(buffers[1]) + 8 * offset
     out_buf = pa.allocate_buffer(8 * n)
     cdef uint8_t* out = _mutable(out_buf)
     with nogil:

@@ -10,13 +10,28 @@ Nested columns count their average bytes per row.
 with the GIL released (what ``MemoryStream.put`` spends most of its time on).
 """
 
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 import pyarrow as pa
 
+from streamcore.errors import InvalidRecordsError
+
 from streamcore._arrow cimport buffer_address
+
+cdef uint8_t _EMPTY = 0
+
+
+cdef const uint8_t* input_address(object buf) except NULL:
+    if buf is None:
+        return &_EMPTY
+    if not buf.is_cpu:
+        msg = f"Arrow buffers must be in CPU memory, got a buffer on {buf.device}"
+        raise InvalidRecordsError(msg)
+    if buf.size == 0:
+        return &_EMPTY
+    return <const uint8_t*><uintptr_t>buf.address
 
 _VAR32 = (pa.binary(), pa.utf8())
 _VAR64 = (pa.large_binary(), pa.large_utf8())

@@ -20,13 +20,13 @@ from libc.stdint cimport (
 
 import pyarrow as pa
 
+from streamcore._arrow cimport input_address
 from streamcore.errors import InvalidRecordsError
 
 # Inputs at least this long are hashed with the GIL released; below it, releasing
 # and re-taking the GIL costs more than the hash.
 cdef Py_ssize_t _NOGIL_MIN_BYTES = 1 << 16
 
-cdef uint8_t _EMPTY = 0
 
 cdef enum _KeyKind:
     KIND_OFFSETS32 = 1
@@ -106,17 +106,6 @@ cdef int _key_kind(object key_type) except -1:
     return kind
 
 
-cdef const uint8_t* _address(object buf) except NULL:
-    if buf is None:
-        return &_EMPTY
-    if not buf.is_cpu:
-        msg = f"key buffers must be in CPU memory, got a buffer on {buf.device}"
-        raise InvalidRecordsError(msg)
-    if buf.size == 0:
-        return &_EMPTY
-    return <const uint8_t*><uintptr_t>buf.address
-
-
 cdef Py_ssize_t _first_null(const uint8_t* validity, Py_ssize_t offset, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef Py_ssize_t bit
@@ -168,20 +157,20 @@ cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base)
     offset = arr.offset
     buffers = arr.buffers()
     if arr.null_count != 0:
-        validity = _address(buffers[0])
+        validity = input_address(buffers[0])
         with nogil:
             row = _first_null(validity, offset, n)
         msg = f"key is null at row {row_base + row}"
         raise InvalidRecordsError(msg, row=row_base + row)
 
     # `buffers` and `arr` stay referenced until return, keeping the memory alive.
-    values = _address(buffers[1])
+    values = input_address(buffers[1])
     if kind == KIND_OFFSETS32:
-        data = _address(buffers[2])
+        data = input_address(buffers[2])
         with nogil:
             _hash_offsets((<const int32_t*>values) + offset, data, n, seed, out)
     elif kind == KIND_OFFSETS64:
-        data = _address(buffers[2])
+        data = input_address(buffers[2])
         with nogil:
             _hash_offsets((<const int64_t*>values) + offset, data, n, seed, out)
     elif kind == KIND_INT8:
