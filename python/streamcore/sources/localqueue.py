@@ -230,29 +230,6 @@ class LocalQueue(QueueBase):
 
     # -- sending ---------------------------------------------------------------
 
-    def send(
-        self,
-        data: Any,
-        *,
-        group_id: str | None = None,
-        dedup_id: str | None = None,
-        group_ids: Sequence[Any] | None = None,
-        dedup_ids: Sequence[Any] | None = None,
-        delay: float | None = None,
-    ) -> list[str]:
-        """Send messages durably; returns their ids. Same input rules as ``MemoryQueue.send``."""
-        self._check_open()
-        if isinstance(data, (bytes, bytearray, memoryview, str)):
-            data = [data]
-        seconds = self._check_delay(delay)
-        prepared = self._prepare(data, group_id, dedup_id, group_ids, dedup_ids)
-        if prepared.num_rows == 0:
-            return []
-        with self._lock:
-            ids = self._store_locked(prepared, seconds)
-        self._notify()
-        return ids
-
     def _store_locked(self, prepared: Prepared, delay: float) -> list[str]:
         db = self._db
         n = prepared.num_rows

@@ -432,6 +432,34 @@ class QueueBase:
         dedup_ids: Sequence[Any] | None = None,
         delay: float | None = None,
     ) -> list[str]:
+        """Send messages; returns their ids, in input order.
+
+        ``data`` is a ``bytes``/``str`` payload, a list of them (stored in a binary
+        ``body`` column), a list of dicts, a pyarrow Table/RecordBatch or an
+        Arrow PyCapsule exporter. FIFO queues need a message group for every
+        message (``group_id``: a column or field name, or for bytes payloads the
+        group itself; or ``group_ids=[...]``) and a deduplication id
+        (``dedup_id``/``dedup_ids`` likewise, or ``content_based_dedup`` on the
+        queue); a column named ``group_id``/``dedup_id`` is used by default. A
+        duplicate within 5 minutes returns the first message's id and stores
+        nothing. ``delay`` (0..900 s) overrides the queue's delay. Raises
+        ``ValueError`` for bad input; nothing of the call is stored then. A
+        ``LocalQueue`` returns once the messages are committed to its database.
+        """
+        self._check_open()
+        if isinstance(data, (bytes, bytearray, memoryview, str)):
+            data = [data]
+        seconds = self._check_delay(delay)
+        prepared = self._prepare(data, group_id, dedup_id, group_ids, dedup_ids)
+        if prepared.num_rows == 0:
+            return []
+        with self._lock:
+            ids = self._store_locked(prepared, seconds)
+        self._notify()
+        return ids
+
+    def _store_locked(self, prepared: Prepared, delay: float) -> list[str]:
+        """Store a checked send (FIFO: deduplicated) with the queue's lock held; returns the ids."""
         raise NotImplementedError
 
     def receive(self, max_messages: int = 10, *, visibility_timeout: float | None = None) -> pa.RecordBatch:
@@ -577,41 +605,6 @@ class MemoryQueue(QueueBase):
         self._dead_waiting: list[tuple[float, DeadLetters]] = []
 
     # -- sending ---------------------------------------------------------------
-
-    def send(
-        self,
-        data: Any,
-        *,
-        group_id: str | None = None,
-        dedup_id: str | None = None,
-        group_ids: Sequence[Any] | None = None,
-        dedup_ids: Sequence[Any] | None = None,
-        delay: float | None = None,
-    ) -> list[str]:
-        """Send messages; returns their ids, in input order.
-
-        ``data`` is a ``bytes``/``str`` payload, a list of them (stored in a binary
-        ``body`` column), a list of dicts, a pyarrow Table/RecordBatch or an
-        Arrow PyCapsule exporter. FIFO queues need a message group for every
-        message (``group_id``: a column or field name, or for bytes payloads the
-        group itself; or ``group_ids=[...]``) and a deduplication id
-        (``dedup_id``/``dedup_ids`` likewise, or ``content_based_dedup`` on the
-        queue); a column named ``group_id``/``dedup_id`` is used by default. A
-        duplicate within 5 minutes returns the first message's id and stores
-        nothing. ``delay`` (0..900 s) overrides the queue's delay. Raises
-        ``ValueError`` for bad input; nothing of the call is stored then.
-        """
-        self._check_open()
-        if isinstance(data, (bytes, bytearray, memoryview, str)):
-            data = [data]
-        seconds = self._check_delay(delay)
-        prepared = self._prepare(data, group_id, dedup_id, group_ids, dedup_ids)
-        if prepared.num_rows == 0:
-            return []
-        with self._lock:
-            ids = self._store_locked(prepared, seconds)
-        self._notify()
-        return ids
 
     def _store_locked(self, prepared: Prepared, delay: float) -> list[str]:
         n = prepared.num_rows
