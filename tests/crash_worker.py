@@ -1,8 +1,8 @@
 """Subprocesses that ``tests/test_crash_recovery.py`` kills with SIGKILL at random moments.
 
 ``python crash_worker.py consume LOG CHECKPOINTS OUT``: consume the LocalLog at
-LOG with checkpoints in CHECKPOINTS; per batch, append one ``key seq`` line per
-record to OUT (one write, flushed), then exit 0 once everything is done.
+LOG with checkpoints in CHECKPOINTS; per batch, append one ``key seq shard`` line
+per record to OUT (one write, flushed), then exit 0 once everything is done.
 
 ``python crash_worker.py produce LOG FIRST_PUT PUTS``: put PUTS batches into
 LOG (fsync="always"); after each put returns, print ``put_id shard:last_seq ...``.
@@ -35,7 +35,8 @@ def consume(log_path: str, checkpoints: str, out_path: str) -> int:
     def handle(batch: sc.Batch) -> None:
         keys = batch.records.column("key").to_pylist()
         seqs = batch.records.column("seq").to_pylist()
-        os.write(out, "".join(f"{k} {s}\n" for k, s in zip(keys, seqs, strict=True)).encode())
+        lines = (f"{k} {s} {batch.shard}\n" for k, s in zip(keys, seqs, strict=True))
+        os.write(out, "".join(lines).encode())
         time.sleep(0.04)  # a handler that takes time, so kills land mid-run
 
     app.run(until_idle=True)

@@ -197,40 +197,41 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _read_lines(path: Path) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
+def _read_lines(path: Path) -> list[tuple[str, int, int]]:
+    """``(key, seq, shard)`` per line the consumer wrote."""
+    out: list[tuple[str, int, int]] = []
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
         parts = line.split(" ")
-        if len(parts) == 2 and parts[1].isdigit():  # a line cut by the kill is skipped
-            out.append((parts[0], int(parts[1])))
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():  # a line cut by a kill is skipped
+            out.append((parts[0], int(parts[1]), int(parts[2])))
     return out
 
 
-@pytest.mark.slow
-def test_consumer_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
-    rng = random.Random(20240601)
+def _expected(stream: sc.LocalLog) -> set[tuple[str, int, int]]:
+    expected: set[tuple[str, int, int]] = set()
+    for shard in stream.all_shard_ids:
+        records = all_records(stream, shard)
+        if records is not None:
+            keys, seqs = records.column("key").to_pylist(), records.column("seq").to_pylist()
+            expected.update((k, s, shard) for k, s in zip(keys, seqs, strict=True))
+    return expected
+
+
+def _kill_consumer(tmp_path: Path, rng: random.Random, kills_wanted: int) -> tuple[int, int]:
+    """Start the consumer, kill it mid-run ``kills_wanted`` times, then run it to the end.
+
+    After every kill the checkpoint directory loads and no checkpoint went back.
+    Returns (kills mid-run, kills during start-up).
+    """
     log_path, cp_path, out_path = tmp_path / "log", tmp_path / "checkpoints", tmp_path / "out.txt"
-    n = 250_000
-    keys = [f"k{rng.randrange(5000)}" for _ in range(n)]
-    with sc.LocalLog(log_path, shards=4) as stream:
-        for start in range(0, n, 20_000):
-            stream.put(pa.table({"key": keys[start : start + 20_000]}))
-        expected: set[tuple[str, int]] = set()
-        for shard in stream.shard_ids:
-            records = all_records(stream, shard)
-            assert records is not None
-            keys_and_seqs = zip(
-                records.column("key").to_pylist(), records.column("seq").to_pylist(), strict=True
-            )
-            expected.update(keys_and_seqs)
     kills = 0  # kills while batches ran
     early_kills = 0  # kills during start-up (imports, opening the log and the checkpoints)
     runs = 0
     checkpoints_seen: dict[int, int] = {}
     deadline = time.monotonic() + 120  # a safety net: about 35 s on an idle machine
-    while kills < 22 and time.monotonic() < deadline:
+    while kills < kills_wanted and time.monotonic() < deadline:
         runs += 1
         before = _size(out_path)
         proc = _spawn("consume", str(log_path), str(cp_path), str(out_path))
@@ -262,27 +263,70 @@ def test_consumer_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None
             for shard, progress in entry.progress.items():
                 assert progress.checkpoint >= checkpoints_seen.get(shard, -1)
                 checkpoints_seen[shard] = progress.checkpoint
-    assert kills >= 20, f"only {kills} kills landed mid-run in {runs} runs"
+    assert kills >= kills_wanted - 2, f"only {kills} kills landed mid-run in {runs} runs"
     final = _spawn("consume", str(log_path), str(cp_path), str(out_path))
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err.decode()
+    return kills, early_kills
 
-    seen = _read_lines(out_path)
-    assert set(seen) == expected  # every record at least once, nothing invented
-    first_seen: dict[str, list[int]] = defaultdict(list)
-    done: set[tuple[str, int]] = set()
-    for key, seq in seen:
-        if (key, seq) not in done:
-            done.add((key, seq))
-            first_seen[key].append(seq)
-    for key, seqs in first_seen.items():
-        assert seqs == sorted(seqs), key
-    duplicates = len(seen) - len(expected)
+
+def _check_delivery(
+    seen: list[tuple[str, int, int]], expected: set[tuple[str, int, int]], depth: dict[int, int]
+) -> int:
+    """Every record at least once, nothing invented, per-key order of first deliveries
+    (by reshard generation, then seq); returns the number of duplicates."""
+    assert set(seen) == expected
+    first_seen: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    done: set[tuple[str, int, int]] = set()
+    for key, seq, shard in seen:
+        if (key, seq, shard) not in done:
+            done.add((key, seq, shard))
+            first_seen[key].append((depth[shard], seq))
+    for key, order in first_seen.items():
+        assert order == sorted(order), key
+    return len(seen) - len(expected)
+
+
+@pytest.mark.slow
+def test_consumer_killed_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    rng = random.Random(20240601)
+    n = 250_000
+    keys = [f"k{rng.randrange(5000)}" for _ in range(n)]
+    with sc.LocalLog(tmp_path / "log", shards=4) as stream:
+        for start in range(0, n, 20_000):
+            stream.put(pa.table({"key": keys[start : start + 20_000]}))
+        expected = _expected(stream)
+    kills, early_kills = _kill_consumer(tmp_path, rng, 22)
+    duplicates = _check_delivery(_read_lines(tmp_path / "out.txt"), expected, dict.fromkeys(range(4), 0))
     # Per kill at most the batches in flight (4 shards x 2 lanes x 100) plus those
     # done but not yet durably checkpointed: a few batches per lane.
     bound = kills * 4 * 2 * 100 * 4
     print(
         f"\nconsumer crash test: {kills} kills mid-run and {early_kills} during start-up, "
+        f"{duplicates} duplicates (bound {bound})"
+    )
+    assert duplicates <= bound
+
+
+@pytest.mark.slow
+def test_consumer_killed_across_reshards_keeps_key_order(tmp_path: Path) -> None:
+    """A split and a merge in the log: kills land while parents finish and children start."""
+    rng = random.Random(20261127)
+    puts = [[f"k{rng.randrange(3000)}" for _ in range(15_000)] for _ in range(9)]
+    with sc.LocalLog(tmp_path / "log", shards=4) as stream:
+        for i, keys in enumerate(puts):
+            if i == 3:
+                low, high = stream.split_shard(0)
+            if i == 6:
+                merged = stream.merge_shards(high, 1)
+            stream.put(pa.table({"key": keys}))
+        expected = _expected(stream)
+    depth = {0: 0, 1: 0, 2: 0, 3: 0, low: 1, high: 1, merged: 2}
+    kills, early_kills = _kill_consumer(tmp_path, rng, 12)
+    duplicates = _check_delivery(_read_lines(tmp_path / "out.txt"), expected, depth)
+    bound = kills * 7 * 2 * 100 * 4
+    print(
+        f"\nreshard crash test: {kills} kills mid-run and {early_kills} during start-up, "
         f"{duplicates} duplicates (bound {bound})"
     )
     assert duplicates <= bound
