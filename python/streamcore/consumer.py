@@ -132,8 +132,14 @@ class StreamConsumer:
         # failing batch must not stop the others, so they may read much further.
         if options.parallelization == 1:
             self.read_ahead = 4 * options.batch_size
+            # Refill only once fewer than two batches are left: half the ingest calls,
+            # and a full batch (and the record after it) is always there to cut.
+            self.refill_below = 2 * options.batch_size
         else:
+            # Several lanes share the read-ahead: a lane blocked by a failing batch may
+            # hold much of it, so the others read on as long as there is any room.
             self.read_ahead = max(64 * options.batch_size, 1 << 20)
+            self.refill_below = self.read_ahead
         # Units the scheduler should look at again: children whose parents just ended.
         self.woken: list[ShardState] = []
         self._saved = store.load(name)
@@ -215,9 +221,10 @@ class StreamConsumer:
         log = state.log
         if log.next_seq <= dispatcher.next_read:
             return
-        room = self.read_ahead - dispatcher.pending()
-        if room <= 0:
+        pending = dispatcher.pending()
+        if pending >= self.refill_below:
             return
+        room = self.read_ahead - pending
         now = self.clock.now()
         before = dispatcher.next_read
         with self.stream._lock:
