@@ -68,6 +68,22 @@ cdef int _grow(void** ptr, int64_t* cap, int64_t need, size_t item) except -1 no
     return 0
 
 
+cdef int _grow_ring(void** ptr, int64_t* cap, int64_t head, int64_t length, size_t item) except -1 nogil:
+    # Double a full ring buffer of ``length`` items from ``head``, keeping their order:
+    # the part that wrapped to the front moves to follow the rest.
+    cdef int64_t old = cap[0]
+    cdef int64_t new_cap = old * 2 if old else 64
+    cdef char* grown = <char*>realloc(ptr[0], <size_t>new_cap * item)
+    if grown == NULL:
+        with gil:
+            raise MemoryError()
+    if head + length > old:
+        memcpy(grown + old * item, grown, <size_t>(head + length - old) * item)
+    ptr[0] = grown
+    cap[0] = new_cap
+    return 0
+
+
 cdef int _cmp_int64(const void* a, const void* b) noexcept nogil:
     cdef int64_t x = (<const int64_t*>a)[0]
     cdef int64_t y = (<const int64_t*>b)[0]
@@ -363,8 +379,7 @@ cdef class QueueCore:
     # -- rings and timers ------------------------------------------------------
 
     cdef int _push_run(self, int64_t start, int64_t count) except -1 nogil:
-        cdef int64_t tail, new_cap, k
-        cdef Run* grown
+        cdef int64_t tail
         cdef Run* last
         if self.ring_len:
             last = &self.ring[(self.ring_head + self.ring_len - 1) % self.ring_cap]
@@ -372,16 +387,7 @@ cdef class QueueCore:
                 last.count += count
                 return 0
         if self.ring_len == self.ring_cap:
-            new_cap = self.ring_cap * 2 if self.ring_cap else 64
-            grown = <Run*>realloc(self.ring, <size_t>new_cap * sizeof(Run))
-            if grown == NULL:
-                with gil:
-                    raise MemoryError()
-            # Unwrap: move the wrapped part to follow the rest.
-            for k in range(self.ring_head + self.ring_len - self.ring_cap):
-                grown[self.ring_cap + k] = grown[k]
-            self.ring = grown
-            self.ring_cap = new_cap
+            _grow_ring(<void**>&self.ring, &self.ring_cap, self.ring_head, self.ring_len, sizeof(Run))
         tail = (self.ring_head + self.ring_len) % self.ring_cap
         self.ring[tail].start = start
         self.ring[tail].count = count
@@ -389,8 +395,7 @@ cdef class QueueCore:
         return 0
 
     cdef int _push_timer(self, double due, int64_t start, int64_t count, uint64_t token) except -1 nogil:
-        cdef int64_t new_cap, k, i, parent
-        cdef Timer* grown
+        cdef int64_t i, parent
         cdef Timer t
         t.due = due
         t.start = start
@@ -398,15 +403,7 @@ cdef class QueueCore:
         t.token = token
         if self.tfifo_len == 0 or self.tfifo[(self.tfifo_head + self.tfifo_len - 1) % self.tfifo_cap].due <= due:
             if self.tfifo_len == self.tfifo_cap:
-                new_cap = self.tfifo_cap * 2 if self.tfifo_cap else 64
-                grown = <Timer*>realloc(self.tfifo, <size_t>new_cap * sizeof(Timer))
-                if grown == NULL:
-                    with gil:
-                        raise MemoryError()
-                for k in range(self.tfifo_head + self.tfifo_len - self.tfifo_cap):
-                    grown[self.tfifo_cap + k] = grown[k]
-                self.tfifo = grown
-                self.tfifo_cap = new_cap
+                _grow_ring(<void**>&self.tfifo, &self.tfifo_cap, self.tfifo_head, self.tfifo_len, sizeof(Timer))
             self.tfifo[(self.tfifo_head + self.tfifo_len) % self.tfifo_cap] = t
             self.tfifo_len += 1
             return 0
@@ -516,18 +513,8 @@ cdef class QueueCore:
     # -- state changes ---------------------------------------------------------
 
     cdef int _push_avail(self, int32_t g) except -1 nogil:
-        cdef int64_t new_cap, k
-        cdef int32_t* grown
         if self.avail_len == self.avail_cap:
-            new_cap = self.avail_cap * 2 if self.avail_cap else 64
-            grown = <int32_t*>realloc(self.avail, <size_t>new_cap * sizeof(int32_t))
-            if grown == NULL:
-                with gil:
-                    raise MemoryError()
-            for k in range(self.avail_head + self.avail_len - self.avail_cap):
-                grown[self.avail_cap + k] = grown[k]
-            self.avail = grown
-            self.avail_cap = new_cap
+            _grow_ring(<void**>&self.avail, &self.avail_cap, self.avail_head, self.avail_len, sizeof(int32_t))
         self.avail[(self.avail_head + self.avail_len) % self.avail_cap] = g
         self.avail_len += 1
         self.g_queued[g] = 1
