@@ -653,8 +653,10 @@ class LocalLog(MemoryStream):
         self._files_lock = FileLock(self.path / LOCK_NAME, f"the log {str(self.path)!r}")
         try:
             self._meta = self._open_meta(meta_path, shards, name)
-            self._layout = _layout(self._meta, meta_path)
-            super().__init__(len(self._layout), name=self._meta["name"], retention=retention, clock=clock)
+            self._saved_layout = _layout(self._meta, meta_path)  # what _initial_shards gives
+            super().__init__(
+                len(self._saved_layout), name=self._meta["name"], retention=retention, clock=clock
+            )
             self._restore_schema()
             known = {META_NAME, LOCK_NAME, *(SHARD_DIR.format(s) for s in self._logs)}
             for entry in sorted(self.path.iterdir()):
@@ -724,7 +726,7 @@ class LocalLog(MemoryStream):
                 return
 
     def _initial_shards(self, shards: int) -> list[ShardSpec]:
-        return self._layout
+        return self._saved_layout
 
     def _new_log(self, shard_id: int, start: int, end: int, parents: tuple[int, ...] = ()) -> ShardLog:
         folder = self.path / SHARD_DIR.format(shard_id)
@@ -735,27 +737,19 @@ class LocalLog(MemoryStream):
 
     def _reshard_locked(self, parents: list[ShardLog], children: list[ShardSpec]) -> None:
         """The new layout is on disk (atomically) before it takes effect, or nothing changes."""
-        closing = {p.shard_id for p in parents}
-        layout = [
-            ShardSpec(s.shard_id, s.start, s.end, s.parents, s.closed or s.shard_id in closing)
-            for s in self._layout
-        ] + children
-        meta = dict(self._meta)
-        meta["shards"] = [
+        held = [ShardSpec(g.shard_id, g.range_start, g.range_end, g.parents) for g in self._logs.values()]
+        shards = [
             {"id": s.shard_id, "hash_start": s.start, "hash_end": s.end, "parents": list(s.parents)}
-            for s in layout
+            for s in [*held, *children]
         ]
-        opened = list(self._open)
-        i = opened.index(parents[0].shard_id)
-        opened[i : i + len(parents)] = [c.shard_id for c in children]
-        meta["open"] = opened
+        meta = {**self._meta, "shards": shards, "open": self._open_after(parents, children)}
         meta_path = self.path / META_NAME
         try:
             atomic_write(meta_path, (json.dumps(meta, indent=1) + "\n").encode())
         except OSError as exc:
             msg = f"cannot write {str(meta_path)!r}: {exc.strerror or exc}"
             raise StorageError(msg, meta_path) from exc
-        self._meta, self._layout = meta, layout
+        self._meta = meta
         super()._reshard_locked(parents, children)
 
     def _segment_logs(self) -> list[SegmentLog]:

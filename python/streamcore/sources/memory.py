@@ -267,6 +267,7 @@ class MemoryStream:
 
         A hook: ``LocalLog`` also makes the new layout durable before it takes effect.
         """
+        self._open = self._open_after(parents, children)
         logs = [self._new_log(c.shard_id, c.start, c.end, c.parents) for c in children]
         ids = tuple(log.shard_id for log in logs)
         for parent in parents:
@@ -274,8 +275,13 @@ class MemoryStream:
             parent.children += ids
         for log in logs:
             self._logs[log.shard_id] = log
-        i = self._open.index(parents[0].shard_id)
-        self._open[i : i + len(parents)] = list(ids)
+
+    def _open_after(self, parents: list[ShardLog], children: list[ShardSpec]) -> list[int]:
+        """The open shards once ``children`` take the place of ``parents`` (adjacent, in range order)."""
+        opened = list(self._open)
+        i = opened.index(parents[0].shard_id)
+        opened[i : i + len(parents)] = [c.shard_id for c in children]
+        return opened
 
     def _tell(self, listeners: list[PutListener], shard_ids: list[int]) -> None:
         for listener in listeners:  # outside the lock: listeners take their App's lock
