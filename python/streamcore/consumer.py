@@ -21,7 +21,14 @@ from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.batch import Batch
 from streamcore.checkpoints import CheckpointStore, ShardProgress
 from streamcore.clock import Clock
-from streamcore.failures import CONDITIONS, FailedBatch, InvalidResponse, deliver, failed_seqs
+from streamcore.failures import (
+    CONDITIONS,
+    FailedBatch,
+    InvalidResponse,
+    deliver,
+    failed_seqs,
+    timeout_error,
+)
 from streamcore.options import StreamOptions
 from streamcore.sources.memory import MemoryStream
 from streamcore.sources.shardlog import ShardLog
@@ -395,10 +402,7 @@ class StreamConsumer:
         """The invocation ran past its deadline: it counts as failed; its result will be ignored."""
         work.timed_out = True
         assert self.options.timeout is not None
-        self.finish(
-            work,
-            Outcome(error=f"Task timed out after {self.options.timeout:.2f} seconds", function_error=True),
-        )
+        self.finish(work, Outcome(error=timeout_error(self.options.timeout), function_error=True))
 
     def finish(self, work: Work, outcome: Outcome) -> None:
         self.in_flight -= 1

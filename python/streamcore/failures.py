@@ -24,6 +24,12 @@ log = logging.getLogger("streamcore")
 CONDITIONS = {1: "RetryAttemptsExhausted", 2: "RecordAgeExceeded"}
 
 
+
+def timeout_error(seconds: float) -> str:
+    """The error of an invocation that ran past its ``timeout``, worded as Lambda words it."""
+    return f"Task timed out after {seconds:.2f} seconds"
+
+
 class InvalidResponse(Exception):
     """A handler's return value that makes the whole batch fail (SEMANTICS 2.8)."""
 

@@ -35,7 +35,7 @@ from streamcore.batch import Batch
 from streamcore.clock import Clock
 from streamcore.consumer import BASE_COUNTERS
 from streamcore.errors import ConfigError
-from streamcore.failures import InvalidResponse, reported_ids
+from streamcore.failures import InvalidResponse, reported_ids, timeout_error
 from streamcore.options import DEFAULT_MAX_BATCH_BYTES
 from streamcore.sources.queue import QueueBase, Received
 
@@ -423,10 +423,7 @@ class QueueConsumer:
         """The invocation ran past its deadline: it failed; its result will be ignored."""
         work.timed_out = True
         assert self.options.timeout is not None
-        self.finish(
-            work,
-            Outcome(error=f"Task timed out after {self.options.timeout:.2f} seconds", function_error=True),
-        )
+        self.finish(work, Outcome(error=timeout_error(self.options.timeout), function_error=True))
 
     def abandon(self, work: Work) -> None:
         """A stop without drain: the batch's messages become visible again at once."""
