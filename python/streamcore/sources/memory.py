@@ -146,8 +146,7 @@ class MemoryStream:
         with self._lock:
             key_name = key if keys is None and key != "key" else None
             result, touched, listeners = self._append(table, keys_col, hashes, key_name)
-        for listener in listeners:  # outside the lock: listeners take their App's lock
-            listener(self, touched)
+        self._tell(listeners, touched)
         return result
 
     def _append(
