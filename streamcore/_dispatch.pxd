@@ -39,6 +39,12 @@ cdef struct Lane:
     int64_t open_window
     bint final_pending
     bint final_early
+    # What lets batch assembly skip its per-record scan: the largest record size
+    # ever read into the lane, and whether arrivals never decreased along it (then
+    # the end of a window is found by binary search).
+    uint32_t max_nbytes
+    bint arrivals_sorted
+    int64_t last_arrival_ms
 
 
 cdef class ShardDispatcher:
@@ -62,6 +68,8 @@ cdef class ShardDispatcher:
     cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil
     cdef int _ingest_rows(self, uint64_t first_seq, const uint64_t* h, const uint32_t* sz,
                           int64_t arrival_ms, Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil
+    cdef int _ingest_one_lane(self, uint64_t first_seq, const uint32_t* sz, int64_t arrival_ms,
+                              Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
     cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil
     cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil

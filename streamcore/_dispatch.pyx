@@ -13,7 +13,7 @@ Python layer turns that into Arrow slices and invokes the handler. Every
 per-record step here runs without the GIL.
 """
 
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uint8_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memmove
 
@@ -47,6 +47,15 @@ cdef double _INF = float("inf")
 # Ingests of fewer records keep the GIL: releasing it for a few microseconds of work
 # under the App's lock lets a handler thread take it for a whole switch interval.
 cdef Py_ssize_t _NOGIL_RECORDS = 65536
+
+
+cdef inline void _note_arrival(Lane* lane, int64_t arrival_ms, uint32_t nbytes) noexcept nogil:
+    # Keep the bounds that let _fresh_count skip its pass over the records.
+    if arrival_ms < lane.last_arrival_ms:
+        lane.arrivals_sorted = False
+    lane.last_arrival_ms = arrival_ms
+    if nbytes > lane.max_nbytes:
+        lane.max_nbytes = nbytes
 
 
 cdef class ShardDispatcher:
@@ -133,6 +142,9 @@ cdef class ShardDispatcher:
             self.lanes[i].skip_through = -1
             self.lanes[i].inflight_kind = NONE
             self.lanes[i].open_window = NO_WINDOW
+            self.lanes[i].max_nbytes = 0
+            self.lanes[i].arrivals_sorted = True
+            self.lanes[i].last_arrival_ms = INT64_MIN
             self.lanes[i].final_pending = False
             self.lanes[i].final_early = False
 
@@ -176,24 +188,23 @@ cdef class ShardDispatcher:
         cdef Entry* entry
         cdef uint64_t seq
         cdef Py_ssize_t* need
-        # Count first, so that each lane grows at most once per chunk.
         if n_lanes == 1:
-            self._reserve(&self.lanes[0], n - start)
-        else:
-            need = <Py_ssize_t*>calloc(n_lanes, sizeof(Py_ssize_t))
-            if need == NULL:
-                with gil:
-                    raise MemoryError()
-            for i in range(start, n):
-                need[h[i] % <uint64_t>n_lanes] += 1
-            try:
-                for k in range(n_lanes):
-                    if need[k]:
-                        self._reserve(&self.lanes[k], need[k])
-            finally:
-                free(need)
+            return self._ingest_one_lane(first_seq, sz, arrival_ms, start, n, now)
+        # Count first, so that each lane grows at most once per chunk.
+        need = <Py_ssize_t*>calloc(n_lanes, sizeof(Py_ssize_t))
+        if need == NULL:
+            with gil:
+                raise MemoryError()
         for i in range(start, n):
-            lane = &self.lanes[0] if n_lanes == 1 else &self.lanes[h[i] % <uint64_t>n_lanes]
+            need[h[i] % <uint64_t>n_lanes] += 1
+        try:
+            for k in range(n_lanes):
+                if need[k]:
+                    self._reserve(&self.lanes[k], need[k])
+        finally:
+            free(need)
+        for i in range(start, n):
+            lane = &self.lanes[h[i] % <uint64_t>n_lanes]
             seq = first_seq + <uint64_t>i
             if <int64_t>seq <= lane.skip_through:
                 lane.done_seq = <int64_t>seq
@@ -205,6 +216,41 @@ cdef class ShardDispatcher:
             entry.arrival_ms = arrival_ms
             entry.nbytes = sz[i]
             lane.tail += 1
+            _note_arrival(lane, arrival_ms, sz[i])
+        return 0
+
+    cdef int _ingest_one_lane(self, uint64_t first_seq, const uint32_t* sz, int64_t arrival_ms,
+                              Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil:
+        # _ingest_rows for one lane: the records done by an earlier run form a prefix
+        # (seqs ascend), the rest are appended in one tight loop.
+        cdef Lane* lane = &self.lanes[0]
+        cdef Py_ssize_t i
+        cdef Py_ssize_t skip = 0
+        cdef uint32_t largest
+        cdef Entry* entry
+        cdef int64_t first = <int64_t>(first_seq + <uint64_t>start)
+        if lane.skip_through >= first:
+            skip = lane.skip_through - first + 1
+            if skip > n - start:
+                skip = n - start
+            lane.done_seq = first + skip - 1
+            start += skip
+        if start >= n:
+            return 0
+        self._reserve(lane, n - start)
+        if lane.head == lane.tail:
+            lane.pending_since = now
+        entry = lane.buf + lane.tail
+        largest = 0
+        for i in range(start, n):
+            entry.seq = first_seq + <uint64_t>i
+            entry.arrival_ms = arrival_ms
+            entry.nbytes = sz[i]
+            if sz[i] > largest:
+                largest = sz[i]
+            entry += 1
+        lane.tail += n - start
+        _note_arrival(lane, arrival_ms, largest)
         return 0
 
     def ingest(self, uint64_t first_seq, hashes, sizes, int64_t arrival_ms, Py_ssize_t start,
@@ -301,26 +347,46 @@ cdef class ShardDispatcher:
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil:
         # Greedy cut: the next record joins while the batch is below batch_size and
         # stays within max_batch_bytes (an oversize first record goes alone) and,
-        # with tumbling windows, belongs to the batch's window.
-        cdef Py_ssize_t i, count = 0
+        # with tumbling windows, belongs to the batch's window. This runs on every
+        # poll, so it avoids a pass over the records when it can: a window's end is
+        # found by binary search when arrivals are sorted, and the byte limit is
+        # not checked record by record when no batch_size records can reach it.
+        cdef Py_ssize_t i, lo, hi
         cdef Py_ssize_t avail = lane.tail - lane.head
+        cdef Py_ssize_t stop = lane.head + (avail if avail < self.batch_size else self.batch_size)
         cdef int64_t nbytes = 0
-        cdef int64_t window = NO_WINDOW
+        cdef int64_t limit = self.max_batch_bytes
+        cdef int64_t window
+        cdef int64_t window_end = INT64_MAX
+        cdef const Entry* entry
         if self.window_ms:
             window = self._window_of(lane.buf[lane.head].arrival_ms)
             if lane.open_window > window:
                 window = lane.open_window
-        for i in range(lane.head, lane.tail):
-            if count == self.batch_size:
-                break
-            if count and nbytes + lane.buf[i].nbytes > self.max_batch_bytes:
-                break
-            if self.window_ms and self._window_of(lane.buf[i].arrival_ms) > window:
-                break
-            nbytes += lane.buf[i].nbytes
-            count += 1
-        full[0] = count < avail or count == self.batch_size
-        return count
+            # A record belongs to a later window exactly when it arrived at or after
+            # this end (the head record never does).
+            window_end = (window + 1) * self.window_ms
+            if lane.arrivals_sorted:
+                if lane.buf[stop - 1].arrival_ms >= window_end:
+                    lo = lane.head
+                    hi = stop - 1
+                    while lo < hi:  # the first record at or past the end
+                        i = lo + (hi - lo) // 2
+                        if lane.buf[i].arrival_ms >= window_end:
+                            hi = i
+                        else:
+                            lo = i + 1
+                    stop = lo
+                window_end = INT64_MAX
+        if window_end != INT64_MAX or <int64_t>lane.max_nbytes * (stop - lane.head) > limit:
+            for i in range(lane.head, stop):
+                entry = &lane.buf[i]
+                if entry.arrival_ms >= window_end or (i > lane.head and nbytes + entry.nbytes > limit):
+                    stop = i
+                    break
+                nbytes += entry.nbytes
+        full[0] = stop < lane.tail or stop - lane.head == self.batch_size
+        return stop - lane.head
 
     cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil:
         # Arrival never decreases along a lane, so the records too old form a prefix.
