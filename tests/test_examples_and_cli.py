@@ -89,6 +89,16 @@ def test_quickstart_example(tmp_path: Path) -> None:
     assert "checkpoints: {'handle': {0: 1, 1: 2}}" in proc.stdout
 
 
+def test_clickstream_example(tmp_path: Path) -> None:
+    proc = run(REPO / "examples" / "clickstream.py", "50000", cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    lines = proc.stdout.splitlines()
+    windows = len(demo.minute_chunks(demo.make_events(50_000)))
+    assert lines[-1] == f"50,000 events in {windows} one-minute windows"
+    assert len(lines) == 1 + min(windows, 3)
+    assert all(" users, " in line and "; top user-" in line for line in lines[:-1])
+
+
 def test_cli_rejects_unknown_command(tmp_path: Path) -> None:
     proc = run("-m", "streamcore", "no-such-command", cwd=tmp_path)
     assert proc.returncode == 2, explain(proc)
