@@ -240,13 +240,12 @@ class StreamConsumer:
                 dispatcher.skip_to(log.trim_seq)
             for chunk, start in log.chunks_from(dispatcher.next_read):
                 stop = min(chunk.records.num_rows, start + room)
-                hashes = None  # one lane needs no key hashes
-                if dispatcher.n_lanes > 1:
+                if dispatcher.n_lanes == 1:  # one lane needs no key hashes, nor a slice
+                    dispatcher.ingest(chunk.first_seq, None, chunk.sizes, chunk.arrival_ms, start, now, stop)
+                else:
                     hashes = _hashing.hash_array(chunk.records.column(1).slice(start, stop - start))
-                dispatcher.ingest(
-                    chunk.first_seq + start, hashes, chunk.sizes.slice(start, stop - start), chunk.arrival_ms,
-                    0, now,
-                )
+                    sizes = chunk.sizes.slice(start, stop - start)
+                    dispatcher.ingest(chunk.first_seq + start, hashes, sizes, chunk.arrival_ms, 0, now)
                 room -= stop - start
                 if room <= 0:
                     break
