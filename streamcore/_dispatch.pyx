@@ -347,25 +347,22 @@ cdef class ShardDispatcher:
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil:
         # Greedy cut: the next record joins while the batch is below batch_size and
         # stays within max_batch_bytes (an oversize first record goes alone) and,
-        # with tumbling windows, belongs to the batch's window. This runs on every
-        # poll, so it avoids a pass over the records when it can: a window's end is
-        # found by binary search when arrivals are sorted, and the byte limit is
-        # not checked record by record when no batch_size records can reach it.
+        # with tumbling windows, belongs to the head record's window (which is the
+        # open window, if any: a record of another window closes that first). This
+        # runs on every poll, so it avoids a pass over the records when it can: a
+        # window's end is found by binary search when arrivals are sorted, and the
+        # byte limit is not checked record by record when no batch can reach it.
         cdef Py_ssize_t i, lo, hi
         cdef Py_ssize_t avail = lane.tail - lane.head
         cdef Py_ssize_t stop = lane.head + (avail if avail < self.batch_size else self.batch_size)
         cdef int64_t nbytes = 0
         cdef int64_t limit = self.max_batch_bytes
-        cdef int64_t window
+        cdef int64_t window_start = INT64_MIN
         cdef int64_t window_end = INT64_MAX
         cdef const Entry* entry
         if self.window_ms:
-            window = self._window_of(lane.buf[lane.head].arrival_ms)
-            if lane.open_window > window:
-                window = lane.open_window
-            # A record belongs to a later window exactly when it arrived at or after
-            # this end (the head record never does).
-            window_end = (window + 1) * self.window_ms
+            window_start = self._window_of(lane.buf[lane.head].arrival_ms) * self.window_ms
+            window_end = window_start + self.window_ms
             if lane.arrivals_sorted:
                 if lane.buf[stop - 1].arrival_ms >= window_end:
                     lo = lane.head
@@ -377,11 +374,14 @@ cdef class ShardDispatcher:
                         else:
                             lo = i + 1
                     stop = lo
+                window_start = INT64_MIN
                 window_end = INT64_MAX
-        if window_end != INT64_MAX or <int64_t>lane.max_nbytes * (stop - lane.head) > limit:
+        if (window_end != INT64_MAX or window_start != INT64_MIN
+                or <int64_t>lane.max_nbytes * (stop - lane.head) > limit):
             for i in range(lane.head, stop):
                 entry = &lane.buf[i]
-                if entry.arrival_ms >= window_end or (i > lane.head and nbytes + entry.nbytes > limit):
+                if (entry.arrival_ms >= window_end or entry.arrival_ms < window_start
+                        or (i > lane.head and nbytes + entry.nbytes > limit)):
                     stop = i
                     break
                 nbytes += entry.nbytes
@@ -424,8 +424,11 @@ cdef class ShardDispatcher:
                 return <double>((lane.open_window + 1) * self.window_ms) / 1000.0
             return _INF
         if (lane.open_window != NO_WINDOW and not lane.n_pinned
-                and self._window_of(lane.buf[lane.head].arrival_ms) > lane.open_window):
-            count[0] = 1  # a record of a later window was read: close the open one first
+                and self._window_of(lane.buf[lane.head].arrival_ms) != lane.open_window):
+            # A record of another window was read: close the open one first. Later, as a
+            # rule; earlier only if the stream's clock stepped back (SEMANTICS 0.4: each
+            # record counts in the window of its own arrival time).
+            count[0] = 1
             kind[0] = _FINAL
             return -_INF
         if lane.doomed:

@@ -41,14 +41,26 @@ gets and returns"), lane by lane:
   actions started (``times``) and decides record age from that.
 * ``bisect_isolation``: closed-form invocation counts of isolating one poison
   record by bisection.
+
+and tumbling windows (SEMANTICS 0.4, 2.9; API.md "What a handler gets"), lane
+by lane:
+
+* ``window_of`` / ``window_end``: epoch-aligned windows on arrival time.
+* ``window_invocations``: the invocations one (shard, lane) gets: batches that
+  never span two windows, closing invocations (on reading a record of another
+  window, or once the window's end has passed on the clock while the lane is
+  idle), the state each invocation is given (carried per window, committed
+  only on success), early closing past ``max_state_bytes``, and failed
+  attempts that commit nothing.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -745,3 +757,192 @@ def bisect_isolation(n: int, index: int, max_retries: int) -> tuple[int, int]:
 def bisect_depth_bounds(n: int) -> tuple[int, int]:
     """(floor(log2 n), ceil(log2 n)): the range of a record's depth in the split tree."""
     return (n.bit_length() - 1, math.ceil(math.log2(n)) if n > 1 else 0)
+
+
+# --------------------------------------------------------------------------
+# tumbling windows (SEMANTICS 0.4, 2.9)
+
+
+def window_of(arrival_ms: int, window_ms: int) -> int:
+    """Index of the window holding ``arrival_ms``: windows are aligned to the epoch,
+    window i covers [i * W, (i + 1) * W) (floor division, also before the epoch)."""
+    return arrival_ms // window_ms
+
+
+def window_end(index: int, window_ms: int) -> float:
+    """Clock time (epoch seconds) at which window ``index`` ends."""
+    return (index + 1) * window_ms / 1000
+
+
+def state_nbytes(state: Mapping[str, Any]) -> int:
+    """The size ``max_state_bytes`` limits: the state as compact JSON, in UTF-8 bytes."""
+    return len(json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def append_seen(state: Mapping[str, Any], seqs: Sequence[int]) -> dict[str, Any]:
+    """What the window tests' handler does with a batch: append its seqs to ``state["seen"]``."""
+    return {**state, "seen": [*state.get("seen", []), *seqs]}
+
+
+@dataclass(frozen=True)
+class WindowInvocation:
+    """One invocation of a windowed handler on one (shard, lane).
+
+    ``window``: the index of its window (``window_of``). ``seqs``: its records, () for
+    a closing invocation (``is_final``). ``terminated_early``: a closing invocation
+    made because the state outgrew ``max_state_bytes`` (the window then goes on).
+    ``state``: the state the handler is given. ``attempt``: 1 on the first try.
+    ``ok``: it succeeds (a failed invocation commits nothing and is tried again).
+    ``time``: the clock time it starts, None when not predicted.
+    """
+
+    window: int
+    seqs: tuple[int, ...]
+    is_final: bool
+    terminated_early: bool
+    state: Mapping[str, Any]
+    attempt: int = 1
+    ok: bool = True
+    time: float | None = None
+
+
+def window_invocations(
+    records: Iterable[Any],
+    window: float,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    max_state_bytes: int | None = None,
+    read_at: Mapping[int, float] | float | None = None,
+    failures: Mapping[int, int] | None = None,
+    step: Callable[[Mapping[str, Any], Sequence[int]], Mapping[str, Any]] = append_seen,
+) -> list[WindowInvocation]:
+    """The invocations one lane gets with a tumbling window of ``window`` seconds.
+
+    ``records``: the lane's records (objects with ``.seq``, ``.arrival_ms``, ``.nbytes``),
+    read in seq order. A record belongs to window ``window_of(arrival)``. Handlers take
+    no clock time: whenever the lane can act it does, so it is idle only once it has
+    delivered every record it can read.
+
+    * A data invocation takes the next records while they are readable, belong to the
+      head record's window, number at most ``batch_size`` and fit ``max_batch_bytes``
+      (a single larger record goes alone): batches never span two windows.
+    * The open window gets its closing invocation (``is_final``, no records) when the
+      lane reads a record of another window, or when the window's end has passed on
+      the clock while the lane is idle; after the last record, the lane is idle.
+    * State is carried between the invocations of one window: each data invocation is
+      given the state the previous successful one left (``step`` computes it; a new
+      window starts with ``{}``), a closing invocation is given the window's state and
+      the next window starts afresh.
+    * After a successful data invocation whose state is larger than ``max_state_bytes``
+      (``state_nbytes``), the next invocation is a closing one with ``terminated_early``;
+      the same window then goes on with fresh state and still gets its normal closing.
+    * ``failures[k]``: the k-th successful invocation of the lane (from 0, closing ones
+      included) fails that many times first. A failed invocation commits nothing and
+      blocks the lane: its retry is the same invocation, given the same state.
+
+    ``read_at``: when each record (by seq) is put, so can first be read (never
+    decreasing along the lane); a float: every record at that time; None: times are
+    not predicted. The model does not predict back-off: with failures, it assumes
+    retries take no clock time or every record is readable from the start.
+    """
+    window_ms = round(window * 1000)
+    lane = sorted(records, key=lambda r: r.seq)
+    if read_at is None or isinstance(read_at, (int, float)):
+        times: list[float | None] = [read_at] * len(lane)
+    else:
+        times = [read_at[r.seq] for r in lane]
+    known = [t for t in times if t is not None]
+    if known != sorted(known):
+        raise ValueError("records are read in seq order: read_at must not decrease along the lane")
+    fails = failures or {}
+    out: list[WindowInvocation] = []
+    open_window: int | None = None
+    state: Mapping[str, Any] = {}
+    now: float | None = None
+    succeeded = 0
+
+    def invoke(seqs: Sequence[int], is_final: bool, early: bool) -> None:
+        nonlocal succeeded
+        assert open_window is not None
+        n_fail = fails.get(succeeded, 0)
+        for attempt in range(1, n_fail + 2):
+            ok = attempt == n_fail + 1
+            out.append(WindowInvocation(open_window, tuple(seqs), is_final, early, state, attempt, ok, now))
+        succeeded += 1
+
+    def close(early: bool) -> None:
+        nonlocal open_window, state
+        invoke((), True, early)
+        state = {}
+        if not early:
+            open_window = None
+
+    def readable(j: int) -> bool:
+        t = times[j]
+        return t is None or now is None or t <= now
+
+    def close_when_idle() -> None:
+        nonlocal now
+        assert open_window is not None
+        if now is not None:
+            now = max(now, window_end(open_window, window_ms))
+        close(False)
+
+    i = 0
+    while i < len(lane):
+        t = times[i]
+        if t is not None and (now is None or t > now):
+            # The lane is idle until record i can be read: its window closes first if it ends by then.
+            if open_window is not None and window_end(open_window, window_ms) <= t:
+                close_when_idle()
+            now = t
+        w = window_of(lane[i].arrival_ms, window_ms)
+        if open_window is not None and w != open_window:
+            close(False)  # a record of another window was read
+            continue
+        open_window = w
+        j = i + 1
+        nbytes = lane[i].nbytes
+        while (
+            j < len(lane)
+            and j - i < batch_size
+            and readable(j)
+            and window_of(lane[j].arrival_ms, window_ms) == w
+            and nbytes + lane[j].nbytes <= max_batch_bytes
+        ):
+            nbytes += lane[j].nbytes
+            j += 1
+        seqs = [r.seq for r in lane[i:j]]
+        invoke(seqs, False, False)
+        state = step(state, seqs)
+        i = j
+        if max_state_bytes is not None and state_nbytes(state) > max_state_bytes:
+            close(True)
+    if open_window is not None:
+        close_when_idle()
+    return out
+
+
+def expected_window_invocations(
+    records_by_shard: Mapping[int, Iterable[Any]],
+    parallelization: int,
+    window: float,
+    *,
+    read_at: Mapping[tuple[int, int], float] | float | None = None,
+    failures: Mapping[tuple[int, int], Mapping[int, int]] | None = None,
+    **options: Any,
+) -> dict[tuple[int, int], list[WindowInvocation]]:
+    """``window_invocations`` for every (shard, lane) with records. ``read_at`` by
+    (shard, seq) (or one float), ``failures`` by (shard, lane); ``options``: the other
+    keyword arguments of ``window_invocations``."""
+    out = {}
+    for (shard, lane), records in lanes_of(records_by_shard, parallelization).items():
+        lane_read_at: Mapping[int, float] | float | None = read_at
+        if isinstance(read_at, Mapping):
+            lane_read_at = {r.seq: read_at[(shard, r.seq)] for r in records}
+        lane_failures = None if failures is None else failures.get((shard, lane))
+        out[(shard, lane)] = window_invocations(
+            records, window, read_at=lane_read_at, failures=lane_failures, **options
+        )
+    return out

@@ -167,3 +167,19 @@ def test_records_past_retention_are_dropped_not_stuck() -> None:
     assert seen == [5]
     assert app.metrics()["records_expired"] == 5
     assert app.checkpoints()["handle"][0] == 5
+
+
+def test_a_drain_asked_for_after_a_stop_without_drain_does_not_undo_it() -> None:
+    # A handler's stop(drain=False) waits for the stop; a drain asked for meanwhile by
+    # another thread used to turn it into a drain, which waits for that very handler.
+    # The race is too narrow to hit reliably through the App, so the scheduler is asked directly.
+    app = sc.App()
+    scheduler = app._scheduler
+    with scheduler.lock:
+        scheduler.running = True  # as during run(), without the threads
+    scheduler.request_stop(False)
+    scheduler.request_stop(True)
+    assert scheduler._drain is False
+    with scheduler.lock:
+        scheduler.running = False
+    app.close()

@@ -28,26 +28,25 @@ def greedy_cuts(
     """``("batch", n)`` and ``("final", window)`` actions for one lane, records ``(arrival_ms, nbytes)``.
 
     A batch takes records while it is below ``batch_size``, its bytes stay within
-    ``max_bytes`` (a first record always goes) and, with windows, each record's
-    window is not after the batch's window (the later of the first record's and
-    the open one). A record of a later window closes the open window first.
+    ``max_bytes`` (a first record always goes) and, with windows, each record is
+    of the first record's window. A record of another window than the open one
+    (later, or earlier when arrivals go back) closes the open window first.
     """
     out: list[tuple[str, int]] = []
     open_window = None
     i = 0
     while i < len(records):
         first_window = window_of(records[i][0], window_ms) if window_ms else None
-        if window_ms and open_window is not None and first_window > open_window:
+        if window_ms and open_window is not None and first_window != open_window:
             out.append(("final", open_window))
             open_window = None
             continue
-        window = first_window if open_window is None else max(open_window, first_window)
         count = nbytes = 0
         while i + count < len(records) and count < batch_size:
             arrival, size = records[i + count]
             if count and nbytes + size > max_bytes:
                 break
-            if window_ms and window_of(arrival, window_ms) > window:
+            if window_ms and window_of(arrival, window_ms) != first_window:
                 break
             nbytes += size
             count += 1

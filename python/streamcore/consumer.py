@@ -181,6 +181,10 @@ class StreamConsumer:
                 for lane, (window, window_state) in progress.states.items():
                     dispatcher.restore_window(lane, window)
                     state.windows[lane] = window_state
+                    if state_nbytes(window_state) > options.max_state_bytes:
+                        # Saved right after the state outgrew its limit: the early
+                        # closing that was due is due again (the flag is not saved).
+                        dispatcher.terminate_early(lane)
         self.shards[shard_id] = state
 
     def _start_seq(self, log: ShardLog, saved: int | None, from_start: bool = False) -> int:

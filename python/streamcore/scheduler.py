@@ -291,8 +291,10 @@ class Scheduler:
 
     def request_stop(self, drain: bool) -> None:
         with self.lock:
+            # A stop without drain already asked for wins: its caller (maybe a handler,
+            # which a drain would wait for) was promised a prompt return.
+            self._drain = drain if not self._stop_requested else self._drain and drain
             self._stop_requested = True
-            self._drain = drain
             self.state_cond.notify_all()
 
     def wait_stopped(self) -> None:
