@@ -4,22 +4,55 @@
 Python object per row. A batch is processed in chunks of ``CHUNK`` rows, each
 in three passes:
 
-1. hash: XXH64 of every row's key (the partition hash of SEMANTICS 0.3 for a
-   single key column; per-column hashes chained through ``xxh64_u64`` for a
-   composite key; a null hashes as a constant);
+1. hash: per row a hash of its key: XXH3-64 of the bytes of a binary/utf8 key
+   of up to 16 bytes (XXH3's short-input paths, bit-exact, a third of XXH64's
+   instructions on an id-sized key), XXH64 of a longer one, XXH64 of the
+   value of an integer; per-column hashes of a composite key chained through
+   ``xxh64_u64``; a null hashes as a constant. The hash only places groups in
+   this table: it never leaves it;
 2. assign: look each hash up in an open-addressing table (linear probing,
    power-of-two capacity, load <= 1/2) whose slots hold the upper 32 bits of
    the hash, the group number and the group's first key column (the integer,
-   or where its bytes are); a tag match is confirmed by comparing the full key
-   with the group's stored key, and a miss appends a new group (growing the
-   per-group arrays and the table only then, so memory follows the groups);
+   or where its bytes are in the arena and how many); a tag match is
+   confirmed by comparing the full key with the group's stored key, and a
+   miss appends a new group (growing the per-group arrays and the table only
+   then, so memory follows the groups);
 3. fold: one pass per value column adds each row into its group's
    accumulators.
 
 Groups are numbered in order of first appearance, which is the row order of
 the output. The same passes merge a partial state (the ``state_columns`` of
 another table): its key columns are assigned like rows and its partial
-accumulators are added instead of values.
+accumulators are added instead of values. The keys of a binary column are
+stored back to back in an arena, group after group (``offs[g]`` is where
+group g's key starts; the next group's start, or the arena's length, ends
+it),
+so the output's key column is its offsets and one copy of the arena.
+
+Copies share memory (copy-on-write). Every per-group array, the arena and the
+slot table live in a block with a header: a reference count and a *writer*,
+the one table allowed to append to the block in place. What the table holds
+falls in two classes:
+
+- append-only: the key arena, the keys, their null flags, the group hashes
+  and the slot table. Groups are only ever appended, so a copy shares these
+  and the writer role passes to it (a tumbling window commits the copy and
+  drops the original). A table that is not the writer of a shared block
+  (the original after a copy; a stale copy, e.g. of a timed-out invocation,
+  after the committed one was copied again) copies the part it uses before
+  its next change, and rebuilds its slot table (the writer may have added
+  slots for groups it does not have). Appending never moves a block that
+  another table holds: growth makes a new block and drops the old one, so
+  the groups a reader has stay where they are.
+- accumulators: counts, sums, minima, maxima, null counts. They change in
+  place, so a table copies a shared one (reference count above one) before
+  its first change.
+
+``copy()`` therefore moves no data; the invocation that updates the copy pays
+for the accumulators only. Reference counts are atomic, and the writer of a
+block can only be changed by a table that holds it (its own copy or a claim
+while it is the only holder) under that table's lock, so tables that share
+blocks may be used from different threads, with or without the GIL.
 
 Semantics follow pyarrow's hash aggregations: null keys form one group per
 column combination; null values are skipped; an aggregate over no non-null
@@ -61,17 +94,58 @@ import threading
 import pyarrow as pa
 
 from streamcore._arrow cimport input_address
-from streamcore._hashing cimport xxh64, xxh64_u64
+from streamcore._hashing cimport read_le32, read_le64, rotl64, xxh64, xxh64_avalanche, xxh64_u64
 
 from streamcore.errors import InvalidRecordsError
+
+_new_lock = threading.Lock
 
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
     #define SC_PREFETCH(p) __builtin_prefetch((p))
-    #else
+    #define SC_BSWAP64(x) __builtin_bswap64((x))
+    static inline int64_t sc_refs_add(int64_t* p, int64_t d) { return __atomic_add_fetch(p, d, __ATOMIC_ACQ_REL); }
+    static inline int64_t sc_refs_load(const int64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline uintptr_t sc_writer_load(const uintptr_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void sc_writer_store(uintptr_t* p, uintptr_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) {
+        return __atomic_compare_exchange_n(p, expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    #elif defined(_MSC_VER)
+    #include <intrin.h>
     #define SC_PREFETCH(p) ((void)(p))
+    #define SC_BSWAP64(x) _byteswap_uint64((x))
+    static __inline int64_t sc_refs_add(int64_t* p, int64_t d) { return _InterlockedExchangeAdd64((volatile __int64*)p, d) + d; }
+    static __inline int64_t sc_refs_load(const int64_t* p) { return *(const volatile int64_t*)p; }
+    static __inline uintptr_t sc_writer_load(const uintptr_t* p) { return *(const volatile uintptr_t*)p; }
+    static __inline void sc_writer_store(uintptr_t* p, uintptr_t v) { *(volatile uintptr_t*)p = v; }
+    static __inline int sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) {
+        uintptr_t seen = (uintptr_t)_InterlockedCompareExchangePointer((void* volatile*)p, (void*)v, (void*)*expected);
+        if (seen == *expected) return 1;
+        *expected = seen;
+        return 0;
+    }
+    #else
+    #error "streamcore._aggregate needs GCC, Clang or MSVC atomics"
     #endif
+
+    /* The 64-bit halves of a 64 x 64-bit product, xored (XXH3's mul128_fold64). */
+    static inline uint64_t sc_mul128_fold64(uint64_t a, uint64_t b) {
+    #if defined(__SIZEOF_INT128__)
+        __uint128_t p = (__uint128_t)a * b;
+        return (uint64_t)p ^ (uint64_t)(p >> 64);
+    #else
+        uint64_t lo_lo = (a & 0xFFFFFFFFu) * (b & 0xFFFFFFFFu);
+        uint64_t hi_lo = (a >> 32) * (b & 0xFFFFFFFFu);
+        uint64_t lo_hi = (a & 0xFFFFFFFFu) * (b >> 32);
+        uint64_t hi_hi = (a >> 32) * (b >> 32);
+        uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xFFFFFFFFu) + lo_hi;
+        uint64_t upper = (hi_lo >> 32) + (cross >> 32) + hi_hi;
+        uint64_t lower = (cross << 32) | (lo_lo & 0xFFFFFFFFu);
+        return lower ^ upper;
+    #endif
+    }
 
     /* The Arrow C Data Interface, verbatim from the specification. */
     #ifndef ARROW_C_DATA_INTERFACE
@@ -105,6 +179,13 @@ cdef extern from *:
     #endif
     """
     void SC_PREFETCH(const void* p) noexcept nogil
+    uint64_t SC_BSWAP64(uint64_t x) noexcept nogil
+    int64_t sc_refs_add(int64_t* p, int64_t d) noexcept nogil
+    int64_t sc_refs_load(const int64_t* p) noexcept nogil
+    uintptr_t sc_writer_load(const uintptr_t* p) noexcept nogil
+    void sc_writer_store(uintptr_t* p, uintptr_t v) noexcept nogil
+    bint sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) noexcept nogil
+    uint64_t sc_mul128_fold64(uint64_t a, uint64_t b) noexcept nogil
 
     cdef struct CArrowArray "ArrowArray":
         int64_t length
@@ -173,6 +254,8 @@ cdef int64_t _MIN_GROUPS = 64
 cdef uint64_t _MIN_SLOTS = 128
 # Below these sizes the work runs with the GIL held (see the module docstring).
 cdef int64_t _NOGIL_ROWS = 1 << 16
+# What a missing input buffer reads as.
+cdef uint64_t _ZEROS[2]
 
 _SUPPORTED_KEYS = (
     "utf8, large_utf8, binary, large_binary, an integer, a timestamp, date, time "
@@ -327,10 +410,17 @@ cdef inline void _bytes_at(const Input* inp, int kind, int64_t row, const uint8_
     p[0] = inp.data + a
 
 
-cdef inline int64_t _record_len(const uint8_t* record) noexcept nogil:
-    cdef int64_t n
-    memcpy(&n, record, 8)
-    return n
+cdef inline int64_t _key_len(const KeyCol* kc, int64_t g, int64_t n_groups) noexcept nogil:
+    # Length of group g's key in a binary column: up to the next group's start.
+    cdef int64_t end = kc.offs[g + 1] if g + 1 < n_groups else kc.arena_len
+    return end - kc.offs[g]
+
+
+cdef inline uint64_t _bin_key0(int64_t off, int64_t n) noexcept nogil:
+    # Slot.key0 of a binary first key column: where the key starts in the arena
+    # (above bit 16) and its length (below; 0xFFFF when it is that long or longer,
+    # then the offsets say): a probe compares lengths without touching offs.
+    return (<uint64_t>off << 16) | <uint64_t>(n if n < 0xFFFF else 0xFFFF)
 
 
 cdef inline int64_t _at_least(int64_t n, int64_t smallest) noexcept nogil:
@@ -346,7 +436,260 @@ cdef inline void* _alloc(size_t size) noexcept nogil:
     return malloc(size if size else 1)
 
 
+# --- shared blocks (copy-on-write; see the module docstring) -------------------------
+
+cdef struct _Head:
+    # In front of every per-group array, arena and slot table of a GroupTable.
+    int64_t refs            # tables holding the block (atomic)
+    uintptr_t writer        # the table that may append to it in place, 0 for none
+    int64_t len             # once writer is 0: how much the last writer had (bytes; groups
+                            # for a slot table): no holder has more
+    int64_t pad             # (keeps the data 16-byte aligned)
+
+
+cdef enum:
+    # What _for_arrays does to each block of a table (see _visit).
+    _DROP = 1
+    _SHARE
+    _OWN
+
+
+cdef inline _Head* _head(const void* p) noexcept nogil:
+    return (<_Head*>p) - 1
+
+
+cdef inline uintptr_t _token(GroupTable t) noexcept nogil:
+    # A table's name as a block's writer: its address, unique while it holds blocks
+    # (a table gives up the writer role of every block it drops).
+    return <uintptr_t><void*>t
+
+
+cdef void* _b_alloc(size_t size, uintptr_t owner, bint zero) noexcept nogil:
+    # A new block of `size` bytes (zeroed when asked), written by `owner`; NULL when
+    # out of memory.
+    cdef _Head* h = <_Head*>(calloc(1, sizeof(_Head) + size) if zero else malloc(sizeof(_Head) + size))
+    if h == NULL:
+        return NULL
+    h.refs = 1
+    h.writer = owner
+    h.len = 0
+    return <void*>(h + 1)
+
+
+cdef inline bint _b_writer(const void* p, uintptr_t owner) noexcept nogil:
+    return sc_writer_load(&_head(p).writer) == owner
+
+
+cdef inline bint _b_alone(const void* p) noexcept nogil:
+    # Only the caller holds p: no other table can get hold of it meanwhile, as a
+    # reference is only ever given by a holder.
+    return sc_refs_load(&_head(p).refs) == 1
+
+
+cdef bint _b_claim(void* p, uintptr_t owner, int64_t used, bint exact) noexcept nogil:
+    # Make `owner`, a holder of p using its first `used` bytes (groups of a slot
+    # table), p's writer if it may be: when owner holds it alone, or when it has no
+    # writer and no holder uses more of it than owner (the last writer said how much
+    # it had). `exact`: the block must hold nothing beyond `used` either (a slot
+    # table, whose extra slots would name groups owner does not have).
+    cdef _Head* h = _head(p)
+    cdef uintptr_t none = 0
+    if sc_writer_load(&h.writer) == owner:
+        return True
+    if _b_alone(p):
+        if exact and (sc_writer_load(&h.writer) != 0 or h.len != used):
+            return False
+        sc_writer_store(&h.writer, owner)
+        return True
+    if not sc_writer_cas(&h.writer, &none, owner):
+        return False
+    if h.len == used:
+        return True
+    sc_writer_store(&h.writer, 0)  # another holder may use more: not ours to append to
+    return False
+
+
+cdef void _b_drop(void* p, uintptr_t owner, int64_t used) noexcept nogil:
+    # `owner` lets go of p (NULL: nothing), saying how much of it it used; the last
+    # holder frees it.
+    cdef _Head* h
+    if p == NULL:
+        return
+    h = _head(p)
+    if sc_writer_load(&h.writer) == owner:
+        h.len = used
+        sc_writer_store(&h.writer, 0)
+    if sc_refs_add(&h.refs, -1) == 0:
+        free(h)
+
+
+cdef void* _b_resize(void* p, size_t used, size_t size, uintptr_t owner) noexcept nogil:
+    # p's first `used` bytes in a block of `size` bytes that `owner` writes: p itself,
+    # reallocated, when owner is its only holder; else a new block, and p is dropped
+    # (its other holders keep it as it is). NULL when out of memory (p unchanged).
+    cdef _Head* h
+    cdef void* q
+    if p == NULL:
+        return _b_alloc(size, owner, False)
+    if _b_alone(p):
+        h = <_Head*>realloc(_head(p), sizeof(_Head) + size)
+        if h == NULL:
+            return NULL
+        h.writer = owner
+        return <void*>(h + 1)
+    q = _b_alloc(size, owner, False)
+    if q == NULL:
+        return NULL
+    if used:
+        memcpy(q, p, used)
+    _b_drop(p, owner, <int64_t>used)
+    return q
+
+
+cdef inline void* _grow(void* p, size_t used, size_t size, uintptr_t owner, int* rc) noexcept nogil:
+    # _b_resize that leaves p as it is and sets rc to -1 when out of memory (or when
+    # an earlier call did).
+    cdef void* q
+    if rc[0]:
+        return p
+    q = _b_resize(p, used, size, owner)
+    if q == NULL:
+        rc[0] = -1
+        return p
+    return q
+
+
+cdef void* _visit(void* p, size_t used, size_t size, bint append_only, int op, uintptr_t me,
+                  uintptr_t twin, int* rc) noexcept nogil:
+    # One block of table `me`, of which it uses `used` bytes (see _for_arrays);
+    # returns what the table holds after.
+    #   _DROP: let go of it.
+    #   _SHARE: one more holder, the new table `twin`, which becomes the writer of an
+    #     append-only block that `me` writes or may claim (_b_claim).
+    #   _OWN: make it writable by `me`: an append-only block needs `me` as writer
+    #     (_b_claim), an accumulator needs `me` as its only holder; otherwise `me`
+    #     gets a copy of the `used` bytes in a block of `size`.
+    # A failed copy sets rc to -1 and leaves the block as it was.
+    cdef void* q
+    if p == NULL or rc[0]:
+        return p
+    if op == _DROP:
+        _b_drop(p, me, <int64_t>used)
+        return NULL
+    if op == _SHARE:
+        # Claimed before the twin holds it: `me` alone may claim whatever the block
+        # holds beyond `used` (a dropped copy's groups).
+        if append_only and _b_claim(p, me, <int64_t>used, False):
+            sc_writer_store(&_head(p).writer, twin)
+        sc_refs_add(&_head(p).refs, 1)
+        return p
+    if append_only:
+        if _b_claim(p, me, <int64_t>used, False):
+            return p
+    elif _b_alone(p):
+        return p
+    q = _b_alloc(size, me, False)
+    if q == NULL:
+        rc[0] = -1
+        return p
+    if used:
+        memcpy(q, p, used)
+    _b_drop(p, me, <int64_t>used)
+    return q
+
+
+cdef int _for_arrays(GroupTable t, int op, uintptr_t twin) noexcept nogil:
+    # _visit every block of t but the slot table under _OWN (see _own); -1 when a
+    # copy ran out of memory (then the blocks visited before it are t's own).
+    cdef uintptr_t me = _token(t)
+    cdef size_t used = <size_t>t.n_groups * 8
+    cdef size_t cap = <size_t>t.group_cap * 8
+    cdef int rc = 0
+    cdef Py_ssize_t k
+    cdef Py_ssize_t j
+    cdef KeyCol* kc
+    cdef ValCol* c
+    t.group_hash = <uint64_t*>_visit(t.group_hash, used, cap, True, op, me, twin, &rc)
+    if op == _DROP:
+        _b_drop(t.slots, me, t.n_groups)
+        t.slots = NULL
+    elif op == _SHARE and t.slots != NULL:
+        if _b_claim(t.slots, me, t.n_groups, True):
+            sc_writer_store(&_head(t.slots).writer, twin)
+        sc_refs_add(&_head(t.slots).refs, 1)
+    if t.keys != NULL:
+        for k in range(t.n_keys):
+            kc = &t.keys[k]
+            kc.ints = <uint64_t*>_visit(kc.ints, used, cap, True, op, me, twin, &rc)
+            kc.offs = <int64_t*>_visit(kc.offs, used, cap, True, op, me, twin, &rc)
+            kc.nulls = <uint8_t*>_visit(kc.nulls, used // 8, cap // 8, True, op, me, twin, &rc)
+            kc.arena = <uint8_t*>_visit(kc.arena, <size_t>kc.arena_len, <size_t>kc.arena_cap, True, op,
+                                        me, twin, &rc)
+    t.counts = <int64_t*>_visit(t.counts, used, cap, False, op, me, twin, &rc)
+    if t.vals != NULL:
+        for j in range(t.n_vals):
+            c = &t.vals[j]
+            c.nulls = <int64_t*>_visit(c.nulls, used, cap, False, op, me, twin, &rc)
+            c.sum = <uint64_t*>_visit(c.sum, used, cap, False, op, me, twin, &rc)
+            c.msum = <double*>_visit(c.msum, used, cap, False, op, me, twin, &rc)
+            c.mn = <uint64_t*>_visit(c.mn, used, cap, False, op, me, twin, &rc)
+            c.mx = <uint64_t*>_visit(c.mx, used, cap, False, op, me, twin, &rc)
+    return rc
+
+
+cdef int _own(GroupTable t) noexcept nogil:
+    # Before t changes: every block writable by t (_OWN), and a slot table t may not
+    # claim rebuilt from t's groups. 0, or -1 when out of memory (t unchanged in
+    # content).
+    if _for_arrays(t, _OWN, 0):
+        return -1
+    if t.slots != NULL and not _b_claim(t.slots, _token(t), t.n_groups, True):
+        return t._rehash(t.slot_mask + 1)
+    return 0
+
+
 # --- pass 1: hash --------------------------------------------------------------------
+
+cdef inline uint64_t _xxh3_avalanche(uint64_t h) noexcept nogil:
+    h ^= h >> 37
+    h *= 0x165667919E3779F9ULL
+    return h ^ (h >> 32)
+
+
+cdef inline uint64_t _xxh3_rrmxmx(uint64_t h, uint64_t n) noexcept nogil:
+    h ^= rotl64(h, 49) ^ rotl64(h, 24)
+    h *= 0x9FB21C651E98DF25ULL
+    h ^= (h >> 35) + n
+    h *= 0x9FB21C651E98DF25ULL
+    return h ^ (h >> 28)
+
+
+cdef uint64_t _hash_long(const uint8_t* p, int64_t n) noexcept nogil:
+    # Out of line, so that _hash_key is small enough to inline into the loops.
+    return xxh64(p, <size_t>n, 0)
+
+
+cdef inline uint64_t _hash_key(const uint8_t* p, int64_t n) noexcept nogil:
+    """The hash of a binary key p[:n]: XXH3-64 (seed 0, default secret) up to 16 bytes,
+    XXH64 beyond. The constants are the secret's words that those lengths read, xored
+    together as XXH3 does (checked against the ``xxhash`` package by the tests)."""
+    cdef uint64_t lo
+    cdef uint64_t hi
+    cdef uint32_t c
+    if n > 16:
+        return _hash_long(p, n)
+    if n > 8:
+        lo = read_le64(p) ^ 0x6782737BEA4239B9ULL
+        hi = read_le64(p + n - 8) ^ 0xAF56BC3B0996523AULL
+        return _xxh3_avalanche(<uint64_t>n + SC_BSWAP64(lo) + hi + sc_mul128_fold64(lo, hi))
+    if n >= 4:
+        lo = (<uint64_t>read_le32(p) << 32) + read_le32(p + n - 4)
+        return _xxh3_rrmxmx(lo ^ 0xC73AB174C5ECD5A2ULL, <uint64_t>n)
+    if n > 0:
+        c = (<uint32_t>p[0] << 16) | (<uint32_t>p[n >> 1] << 24) | p[n - 1] | (<uint32_t>n << 8)
+        return xxh64_avalanche(c ^ 0x87275A9BULL)
+    return 0x2D06800538D394C2ULL
+
 
 cdef void _hash_ints(
     const int_t* v, const Input* inp, int64_t start, int64_t m, uint64_t* out, bint first
@@ -375,13 +718,13 @@ cdef void _hash_bytes(
     offs += start
     if inp.valid == NULL and first:
         for i in range(m):
-            out[i] = xxh64(data + offs[i], <size_t>(offs[i + 1] - offs[i]), 0)
+            out[i] = _hash_key(data + offs[i], offs[i + 1] - offs[i])
         return
     for i in range(m):
         if _is_null(inp, start + i):
             x = _NULL_HASH
         else:
-            x = xxh64(data + offs[i], <size_t>(offs[i + 1] - offs[i]), 0)
+            x = _hash_key(data + offs[i], offs[i + 1] - offs[i])
         out[i] = x if first else xxh64_u64(out[i], x)
 
 
@@ -454,67 +797,67 @@ cdef inline bint _same_bytes(const uint8_t* a, const uint8_t* b, int64_t n) noex
     return True
 
 
-cdef inline bint _col_equals(const KeyCol* kc, uint64_t ref, int64_t g, int64_t row) noexcept nogil:
+cdef inline bint _col_equals(const KeyCol* kc, uint64_t ref, int64_t g, int64_t row,
+                             int64_t n_groups) noexcept nogil:
     """Whether input ``row`` has group ``g``'s key in this column (nulls equal nulls).
 
-    ``ref`` is the group's integer key, or the offset of its arena record.
+    ``ref`` is the group's integer key (unused for a binary column).
     """
     cdef bint row_null = _is_null(&kc.inp, row)
     cdef bint group_null = kc.nulls != NULL and kc.nulls[g]
     cdef const uint8_t* p
-    cdef const uint8_t* record
     cdef int64_t n
     if row_null or group_null:
         return row_null and group_null
     if _is_bin(kc.kind):
         _bytes_at(&kc.inp, kc.kind, row, &p, &n)
-        record = kc.arena + ref
-        return n == _record_len(record) and _same_bytes(p, record + 8, n)
+        return n == _key_len(kc, g, n_groups) and _same_bytes(p, kc.arena + kc.offs[g], n)
     return _int_at(kc.inp.values, kc.kind, row) == ref
 
 
 cdef inline bint _row_equals(
-    const KeyCol* keys, Py_ssize_t n_keys, int64_t g, int64_t row, uint64_t key0
+    const KeyCol* keys, Py_ssize_t n_keys, int64_t g, int64_t row, uint64_t key0, int64_t n_groups
 ) noexcept nogil:
     """Whether input ``row`` has the key of group ``g``, whose first column is ``key0``."""
     cdef Py_ssize_t k
     cdef const KeyCol* kc
-    if not _col_equals(&keys[0], key0, g, row):
+    if not _col_equals(&keys[0], key0, g, row, n_groups):
         return False
     for k in range(1, n_keys):
         kc = &keys[k]
-        if _is_bin(kc.kind):
-            if not _col_equals(kc, <uint64_t>kc.offs[g], g, row):
-                return False
-        elif not _col_equals(kc, kc.ints[g], g, row):
+        if not _col_equals(kc, 0 if _is_bin(kc.kind) else kc.ints[g], g, row, n_groups):
             return False
     return True
 
 
 cdef inline int64_t _find_bin(
-    GroupTable t, const Slot* slots, uint64_t mask, const KeyCol* kc, uint64_t h,
-    const uint8_t* p, int64_t n, bint null,
+    GroupTable t, const Slot* slots, uint64_t mask, const KeyCol* kc, const uint8_t* arena,
+    const uint8_t* key_nulls, uint64_t h, const uint8_t* p, int64_t n, bint null, bint nullable,
 ) noexcept nogil:
     # The group of a row whose only key is p[:n] (or null), of hash h; a new group
-    # (_add) when there is none yet. A slot matches when its tag is h's upper half
-    # and the key compares equal.
+    # (_add_bin) when there is none yet. A slot matches when its tag is h's upper
+    # half and the key compares equal: length (in key0 when below 0xFFFF), then
+    # bytes. `nullable`: the input or the table has a null key (else `null` is
+    # False and key_nulls NULL, and the compiler drops the checks).
     cdef uint64_t pos = h & mask
+    cdef uint64_t want = <uint64_t>(n if n < 0xFFFF else 0xFFFF)
     cdef uint64_t s
+    cdef uint64_t key0
     cdef int64_t g
-    cdef const uint8_t* record
     while True:
         s = slots[pos].tag_gid
         if s == 0:
             return _add_bin(t, h, pos, p, n, null)
         if ((s ^ h) >> 32) == 0:
             g = <int64_t>(s & 0xFFFFFFFFULL) - 1
-            if kc.nulls != NULL and kc.nulls[g]:
+            key0 = slots[pos].key0
+            if nullable and key_nulls != NULL and key_nulls[g]:
                 if null:
                     return g
-            elif not null:
-                record = kc.arena + slots[pos].key0
-                if _record_len(record) == n and _same_bytes(p, record + 8, n):
-                    return g
+            elif (not (nullable and null) and (key0 & 0xFFFF) == want
+                    and (want < 0xFFFF or _key_len(kc, g, t.n_groups) == n)
+                    and _same_bytes(p, arena + (key0 >> 16), n)):
+                return g
         pos = (pos + 1) & mask
 
 
@@ -543,22 +886,22 @@ cdef inline int64_t _find_int(
 cdef inline void _prefetch_row(const Slot* slots, uint64_t mask, const KeyCol* kc,
                                const uint64_t* hashes, int64_t i, int64_t m) noexcept nogil:
     # Two stages hide the cache misses of a large table: the slot of row i + 2D,
-    # then the arena record that the slot of row i + D names.
+    # then the arena bytes that the slot of row i + D names.
     cdef const Slot* ahead
     if i + 2 * PREFETCH_AHEAD < m:
         SC_PREFETCH(&slots[hashes[i + 2 * PREFETCH_AHEAD] & mask])
     if _is_bin(kc.kind) and i + PREFETCH_AHEAD < m:
         ahead = &slots[hashes[i + PREFETCH_AHEAD] & mask]
         if ahead.tag_gid != 0:
-            SC_PREFETCH(kc.arena + ahead.key0)
+            SC_PREFETCH(kc.arena + (ahead.key0 >> 16))
 
 
-cdef int _assign_bin(
+cdef inline int _assign_bin_rows(
     GroupTable t, const offset_t* offs, int64_t start, int64_t m, const uint64_t* hashes,
-    uint32_t* gid,
+    uint32_t* gid, bint count, bint nullable, bint fused,
 ) noexcept nogil:
-    # _assign for one binary/utf8 key column: the compare is inlined, and a table
-    # that fits in cache is probed without prefetching.
+    # _assign_bin's loop, compiled for each `nullable` (null checks) and `fused` (the
+    # hash computed here, not read from `hashes`: no hash pass, no prefetching).
     cdef const KeyCol* kc = &t.keys[0]
     cdef const uint8_t* data = kc.inp.data
     cdef const uint8_t* valid = kc.inp.valid
@@ -566,35 +909,68 @@ cdef int _assign_bin(
     cdef const Slot* slots = t.slots
     cdef uint64_t mask = t.slot_mask
     cdef int64_t groups = t.n_groups
-    cdef bint prefetch = mask >= _PREFETCH_SLOTS
+    cdef const uint8_t* arena = kc.arena
+    cdef const uint8_t* key_nulls = kc.nulls
+    cdef int64_t* counts = t.counts
+    cdef bint prefetch = not fused and mask + 1 >= _PREFETCH_SLOTS
     cdef int64_t i
     cdef int64_t g
     cdef int64_t n
+    cdef uint64_t h
     cdef offset_t a
-    cdef bint null
+    cdef bint null = False
     offs += start
     for i in range(m):
-        if prefetch:
+        if not fused and prefetch:
             _prefetch_row(slots, mask, kc, hashes, i, m)
         a = offs[i]
         n = offs[i + 1] - a
-        null = valid != NULL and not _bit(valid, voff + i)
-        g = _find_bin(t, slots, mask, kc, hashes[i], data + a, n, null)
+        if nullable:
+            null = valid != NULL and not _bit(valid, voff + i)
+        if not fused:
+            h = hashes[i]
+        elif nullable and null:
+            h = _NULL_HASH
+        else:
+            h = _hash_key(data + a, n)
+        g = _find_bin(t, slots, mask, kc, arena, key_nulls, h, data + a, n, null, nullable)
         if g < 0:
             return <int>g
         if g >= groups:
-            # A new group: the table may have grown.
+            # A new group: the table, the arena, the null flags and the per-group
+            # arrays may have grown.
             slots = t.slots
             mask = t.slot_mask
             groups = t.n_groups
-            prefetch = mask >= _PREFETCH_SLOTS
+            arena = kc.arena
+            key_nulls = kc.nulls
+            counts = t.counts
+            prefetch = not fused and mask + 1 >= _PREFETCH_SLOTS
         gid[i] = <uint32_t>g
+        if count:
+            counts[g] += 1
     return 0
+
+
+cdef int _assign_bin(
+    GroupTable t, const offset_t* offs, int64_t start, int64_t m, const uint64_t* hashes,
+    uint32_t* gid, bint count,
+) noexcept nogil:
+    # _assign for one binary/utf8 key column: the compare is inlined, a table that
+    # fits in cache is probed without a hash pass nor prefetching (hashes NULL), and
+    # the usual case (no null key in the input nor in the table) without null checks.
+    if t.keys[0].inp.valid == NULL and t.keys[0].nulls == NULL:
+        if hashes == NULL:
+            return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, True)
+        return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, False)
+    if hashes == NULL:
+        return _assign_bin_rows(t, offs, start, m, hashes, gid, count, True, True)
+    return _assign_bin_rows(t, offs, start, m, hashes, gid, count, True, False)
 
 
 cdef int _assign_int(
     GroupTable t, const int_t* v, int64_t start, int64_t m, const uint64_t* hashes,
-    uint32_t* gid,
+    uint32_t* gid, bint count,
 ) noexcept nogil:
     # _assign for one integer key column (as _assign_bin).
     cdef const KeyCol* kc = &t.keys[0]
@@ -603,10 +979,12 @@ cdef int _assign_int(
     cdef const Slot* slots = t.slots
     cdef uint64_t mask = t.slot_mask
     cdef int64_t groups = t.n_groups
-    cdef bint prefetch = mask >= _PREFETCH_SLOTS
+    cdef int64_t* counts = t.counts
+    cdef bint prefetch = hashes != NULL and mask + 1 >= _PREFETCH_SLOTS
     cdef int64_t i
     cdef int64_t g
     cdef uint64_t x
+    cdef uint64_t h
     cdef bint null
     v += start
     for i in range(m):
@@ -614,41 +992,48 @@ cdef int _assign_int(
             _prefetch_row(slots, mask, kc, hashes, i, m)
         x = <uint64_t>v[i]
         null = valid != NULL and not _bit(valid, voff + i)
-        g = _find_int(t, slots, mask, kc, hashes[i], x, null)
+        if hashes != NULL:
+            h = hashes[i]
+        else:
+            h = _NULL_HASH if null else xxh64_u64(x, 0)
+        g = _find_int(t, slots, mask, kc, h, x, null)
         if g < 0:
             return <int>g
         if g >= groups:
             slots = t.slots
             mask = t.slot_mask
             groups = t.n_groups
-            prefetch = mask >= _PREFETCH_SLOTS
+            counts = t.counts
+            prefetch = hashes != NULL and mask + 1 >= _PREFETCH_SLOTS
         gid[i] = <uint32_t>g
+        if count:
+            counts[g] += 1
     return 0
 
 
 cdef int _assign_one(GroupTable t, int64_t start, int64_t m, const uint64_t* hashes,
-                     uint32_t* gid) noexcept nogil:
+                     uint32_t* gid, bint count) noexcept nogil:
     cdef const Input* inp = &t.keys[0].inp
     cdef int kind = t.keys[0].kind
     if kind == K_BIN32:
-        return _assign_bin(t, <const int32_t*>inp.values, start, m, hashes, gid)
+        return _assign_bin(t, <const int32_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_BIN64:
-        return _assign_bin(t, <const int64_t*>inp.values, start, m, hashes, gid)
+        return _assign_bin(t, <const int64_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_I8:
-        return _assign_int(t, <const int8_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const int8_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_I16:
-        return _assign_int(t, <const int16_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const int16_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_I32:
-        return _assign_int(t, <const int32_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const int32_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_I64:
-        return _assign_int(t, <const int64_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const int64_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_U8:
-        return _assign_int(t, <const uint8_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const uint8_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_U16:
-        return _assign_int(t, <const uint16_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const uint16_t*>inp.values, start, m, hashes, gid, count)
     if kind == K_U32:
-        return _assign_int(t, <const uint32_t*>inp.values, start, m, hashes, gid)
-    return _assign_int(t, <const uint64_t*>inp.values, start, m, hashes, gid)
+        return _assign_int(t, <const uint32_t*>inp.values, start, m, hashes, gid, count)
+    return _assign_int(t, <const uint64_t*>inp.values, start, m, hashes, gid, count)
 
 
 # --- pass 3: fold --------------------------------------------------------------------
@@ -819,13 +1204,13 @@ cdef inline void _copy_key(uint8_t* dst, const uint8_t* src, int64_t n) noexcept
         i += 1
 
 
-cdef int _grow_arena(KeyCol* kc, int64_t need) noexcept nogil:
+cdef int _grow_arena(GroupTable t, KeyCol* kc, int64_t need) noexcept nogil:
     # Room for `need` bytes in kc's arena; -1 when out of memory.
     cdef int64_t cap = kc.arena_cap * 2 if kc.arena_cap else 4096
     cdef void* grown
     while cap < need:
         cap *= 2
-    grown = realloc(kc.arena, <size_t>cap)
+    grown = _b_resize(kc.arena, <size_t>kc.arena_len, <size_t>cap, _token(t))
     if grown == NULL:
         return -1
     kc.arena = <uint8_t*>grown
@@ -833,14 +1218,27 @@ cdef int _grow_arena(KeyCol* kc, int64_t need) noexcept nogil:
     return 0
 
 
-cdef inline void _put_record(KeyCol* kc, int64_t g, const uint8_t* p, int64_t n) noexcept nogil:
-    # Group g's key p[:n] as the arena's next record (the room is there).
-    cdef uint8_t* record = kc.arena + kc.arena_len
-    memcpy(record, &n, 8)
-    _copy_key(record + 8, p, n)
+cdef inline void _put_key(KeyCol* kc, int64_t g, const uint8_t* p, int64_t n) noexcept nogil:
+    # Group g's key p[:n] at the end of the arena (the room is there).
+    _copy_key(kc.arena + kc.arena_len, p, n)
     kc.offs[g] = kc.arena_len
-    kc.arena_len += 8 + n
+    kc.arena_len += n
     kc.key_bytes += n
+
+
+cdef int _first_null_key(GroupTable t, KeyCol* kc) noexcept nogil:
+    # The column's first null key: from now on a flag per group (zero: not null).
+    if kc.nulls == NULL:
+        kc.nulls = <uint8_t*>_b_alloc(<size_t>t.group_cap, _token(t), True)
+        if kc.nulls == NULL:
+            return -1
+    return 0
+
+
+cdef int _first_null_value(GroupTable t, ValCol* c) noexcept nogil:
+    # The column's first null values: from now on a count per group.
+    c.nulls = <int64_t*>_b_alloc(<size_t>t.group_cap * sizeof(int64_t), _token(t), True)
+    return -1 if c.nulls == NULL else 0
 
 
 cdef int64_t _add_bin(GroupTable t, uint64_t h, uint64_t pos, const uint8_t* p, int64_t n,
@@ -855,17 +1253,14 @@ cdef int64_t _add_bin(GroupTable t, uint64_t h, uint64_t pos, const uint8_t* p, 
             return rc
     if null:
         n = 0
-        if kc.nulls == NULL:
-            # The column's first null key: from now on a flag per group.
-            kc.nulls = <uint8_t*>calloc(<size_t>t.group_cap, 1)
-            if kc.nulls == NULL:
-                return -1
-    if kc.arena_len + 8 + n > kc.arena_cap and _grow_arena(kc, kc.arena_len + 8 + n):
+        if _first_null_key(t, kc):
+            return -1
+    if kc.arena_len + n > kc.arena_cap and _grow_arena(t, kc, kc.arena_len + n):
         return -1
     if kc.nulls != NULL:
         kc.nulls[g] = null
-    _put_record(kc, g, p, n)
-    t._commit(g, h, pos, <uint64_t>kc.offs[g])
+    _put_key(kc, g, p, n)
+    t._commit(g, h, pos, _bin_key0(kc.offs[g], n))
     return g
 
 
@@ -880,10 +1275,8 @@ cdef int64_t _add_int(GroupTable t, uint64_t h, uint64_t pos, uint64_t v, bint n
             return rc
     if null:
         v = 0
-        if kc.nulls == NULL:
-            kc.nulls = <uint8_t*>calloc(<size_t>t.group_cap, 1)
-            if kc.nulls == NULL:
-                return -1
+        if _first_null_key(t, kc):
+            return -1
     if kc.nulls != NULL:
         kc.nulls[g] = null
     kc.ints[g] = v
@@ -914,17 +1307,44 @@ cdef int _no_nulls(list columns, list fields, Py_ssize_t at) except -1:
     return 0
 
 
-cdef int _dup(void** dst, const void* src, size_t size, size_t used) noexcept nogil:
-    # dst = a new block of `size` bytes holding the first `used` bytes of src
-    # (NULL when src is NULL). -1 when memory runs out.
-    if src == NULL:
-        dst[0] = NULL
+cdef inline const uint8_t* _address(object buf):
+    # Where an input buffer's bytes are: input_address without its size check (an
+    # empty buffer is never read). Array.is_cpu would check once per array, but
+    # costs more than three Buffer.is_cpu (it builds an enum member).
+    if buf is None:
+        return <const uint8_t*>_ZEROS
+    if not buf.is_cpu:
+        input_address(buf)  # raises, naming the device
+    return <const uint8_t*><uintptr_t>buf.address
+
+
+cdef int _bind_array(object arr, object name, object dtype, int kind, Input* inp) except -1:
+    # Point `inp` at the buffers of `arr` (column `name`, which must be of type
+    # `dtype`), which the caller keeps alive.
+    if not arr.type.equals(dtype):
+        msg = f"column {name!r} has type {arr.type}, but this aggregator holds {dtype} for it"
+        raise InvalidRecordsError(msg)
+    buffers = arr.buffers()
+    cdef int64_t offset = arr.offset
+    inp.voff = offset
+    inp.valid = _address(buffers[0]) if arr.null_count else NULL
+    inp.values = _address(buffers[1]) + _width(kind) * offset
+    inp.data = _address(buffers[2]) if _is_bin(kind) else NULL
+    return 0
+
+
+cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
+    # t._fold of the n rows bound (t's lock held), without the GIL for large inputs.
+    cdef int rc
+    if n == 0:
         return 0
-    dst[0] = _alloc(size)
-    if dst[0] == NULL:
-        return -1
-    if used:
-        memcpy(dst[0], src, used)
+    if n >= _NOGIL_ROWS:
+        with nogil:
+            rc = t._fold(n, merge)
+    else:
+        rc = t._fold(n, merge)
+    if rc != 0:
+        t._raise_for(rc)
     return 0
 
 
@@ -1043,13 +1463,11 @@ cdef void _narrow(uint8_t* out, const uint64_t* src, int kind, int64_t n) noexce
 
 
 cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noexcept nogil:
-    cdef bint wide = kc.kind == K_BIN64
+    # A key column: the integers narrowed, or the arena's offsets and one copy of
+    # its bytes (the keys of groups 0 .. n - 1, back to back).
     cdef uint8_t* offsets
     cdef uint8_t* data
     cdef int64_t i
-    cdef int64_t at = 0
-    cdef int64_t length
-    cdef const uint8_t* record
     if _key_validity(own, kc.nulls, n, &a.null_count):
         return -1
     if not _is_bin(kc.kind):
@@ -1059,24 +1477,19 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         _narrow(data, kc.ints, kc.kind, n)
         return 0
     a.n_buffers = 3
-    offsets = _buffer(own, 1, <size_t>((8 if wide else 4) * (n + 1)))
-    data = _buffer(own, 2, <size_t>kc.key_bytes)
+    offsets = _buffer(own, 1, <size_t>((8 if kc.kind == K_BIN64 else 4) * (n + 1)))
+    data = _buffer(own, 2, <size_t>kc.arena_len)
     if offsets == NULL or data == NULL:
         return -1
-    for i in range(n):
-        if wide:
-            (<int64_t*>offsets)[i] = at
-        else:
-            (<int32_t*>offsets)[i] = <int32_t>at
-        record = kc.arena + kc.offs[i]
-        length = _record_len(record)
-        if length:
-            memcpy(data + at, record + 8, <size_t>length)
-        at += length
-    if wide:
-        (<int64_t*>offsets)[n] = at
+    if kc.kind == K_BIN64:
+        memcpy(offsets, kc.offs, <size_t>(8 * n))
+        (<int64_t*>offsets)[n] = kc.arena_len
     else:
-        (<int32_t*>offsets)[n] = <int32_t>at
+        for i in range(n):
+            (<int32_t*>offsets)[i] = <int32_t>kc.offs[i]
+        (<int32_t*>offsets)[n] = <int32_t>kc.arena_len
+    if kc.arena_len:
+        memcpy(data, kc.arena, <size_t>kc.arena_len)
     return 0
 
 
@@ -1123,24 +1536,58 @@ cdef int _fill(GroupTable t, CArrowArray* a, int code, Py_ssize_t at) noexcept n
     return 0
 
 
-cdef int _fill_batch(GroupTable t, CArrowArray* batch, const int* codes, const Py_ssize_t* ats,
-                     Py_ssize_t n_cols) noexcept nogil:
-    # A struct array of the output columns (as RecordBatch import wants it).
-    cdef _Owned* own = _start(batch, t.n_groups, 1)
+cdef int _fill_all(GroupTable t, CArrowArray* arrays, const int* codes, const Py_ssize_t* ats,
+                   Py_ssize_t n_cols) noexcept nogil:
     cdef Py_ssize_t i
-    if own == NULL:
-        return -1
-    own.children = <CArrowArray*>calloc(n_cols if n_cols else 1, sizeof(CArrowArray))
-    own.child_ptrs = <CArrowArray**>malloc((n_cols if n_cols else 1) * sizeof(CArrowArray*))
-    if own.children == NULL or own.child_ptrs == NULL:
-        return -1
     for i in range(n_cols):
-        own.child_ptrs[i] = &own.children[i]
-    batch.children = own.child_ptrs
-    batch.n_children = n_cols
-    for i in range(n_cols):
-        if _fill(t, &own.children[i], codes[i], ats[i]):
+        if _fill(t, &arrays[i], codes[i], ats[i]):
             return -1
+    return 0
+
+
+cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* length) except -1:
+    # arrays[i] (zeroed by the caller) = t's column codes[i] = (OUT_*, column index);
+    # *length = the groups. Each filled array owns its buffers (freed by its release
+    # callback, which the caller calls for any array it does not hand on).
+    cdef Py_ssize_t n_cols = len(codes)
+    cdef Py_ssize_t i
+    cdef Py_ssize_t k
+    cdef int c_codes[64]
+    cdef Py_ssize_t c_ats[64]
+    cdef int* p_codes = c_codes
+    cdef Py_ssize_t* p_ats = c_ats
+    cdef int rc = 0
+    cdef int64_t total
+    if n_cols > 64:
+        p_codes = <int*>malloc(n_cols * sizeof(int))
+        p_ats = <Py_ssize_t*>malloc(n_cols * sizeof(Py_ssize_t))
+    try:
+        if p_codes == NULL or p_ats == NULL:
+            raise MemoryError()
+        for i in range(n_cols):
+            p_codes[i], p_ats[i] = codes[i]
+        with t._lock:
+            for i in range(n_cols):
+                if p_codes[i] == OUT_KEY and t.keys[p_ats[i]].kind == K_BIN32:
+                    k = p_ats[i]
+                    total = t.keys[k].key_bytes
+                    if total > INT32_MAX:
+                        msg = (f"the keys of column {t._key_names[k]!r} hold {total} bytes, "
+                               f"more than {t._key_types[k]} can address; use the large_ "
+                               f"variant of the type")
+                        raise OverflowError(msg)
+            length[0] = t.n_groups
+            if t.n_groups >= _NOGIL_ROWS:
+                with nogil:
+                    rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
+            else:
+                rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
+        if rc:
+            raise MemoryError()
+    finally:
+        if p_codes != c_codes:
+            free(p_codes)
+            free(p_ats)
     return 0
 
 
@@ -1162,7 +1609,9 @@ cdef class GroupTable:
 
     Calls are serialised by an internal lock, so a table may be shared by
     threads; the per-row work of large ``update`` and ``merge_state`` calls
-    runs with the GIL released.
+    runs with the GIL released. ``copy`` shares the groups copy-on-write (see
+    the module docstring): a table and its copies may be used from different
+    threads at once, each under its own lock.
     """
 
     def __init__(self, list key_names, list key_types, list value_names, list value_types,
@@ -1177,7 +1626,7 @@ cdef class GroupTable:
             raise ValueError("key_names and key_types must be non-empty and of equal length")
         if len(value_names) != len(value_types) or len(value_names) != len(value_flags):
             raise ValueError("value_names, value_types and value_flags must have equal length")
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
         self._key_names = list(key_names)
         self._key_types = list(key_types)
         self._value_names = list(value_names)
@@ -1221,46 +1670,19 @@ cdef class GroupTable:
         return self.n_groups
 
     cdef void _free_groups(self) noexcept nogil:
+        # Let go of every block (shared ones live on in the tables that hold them).
         cdef Py_ssize_t k
-        cdef Py_ssize_t j
         cdef KeyCol* kc
-        cdef ValCol* c
-        free(self.counts)
-        free(self.group_hash)
-        free(self.slots)
-        self.counts = NULL
-        self.group_hash = NULL
-        self.slots = NULL
+        _for_arrays(self, _DROP, 0)
         self.slot_mask = 0
         self.n_groups = 0
         self.group_cap = 0
         if self.keys != NULL:
             for k in range(self.n_keys):
                 kc = &self.keys[k]
-                free(kc.ints)
-                free(kc.offs)
-                free(kc.arena)
-                free(kc.nulls)
-                kc.ints = NULL
-                kc.offs = NULL
-                kc.arena = NULL
-                kc.nulls = NULL
                 kc.arena_len = 0
                 kc.arena_cap = 0
                 kc.key_bytes = 0
-        if self.vals != NULL:
-            for j in range(self.n_vals):
-                c = &self.vals[j]
-                free(c.nulls)
-                free(c.sum)
-                free(c.msum)
-                free(c.mn)
-                free(c.mx)
-                c.nulls = NULL
-                c.sum = NULL
-                c.msum = NULL
-                c.mn = NULL
-                c.mx = NULL
 
     def clear(self):
         """Forget every group and release the memory."""
@@ -1270,13 +1692,15 @@ cdef class GroupTable:
     def copy(self):
         """An independent table with the same spec and groups.
 
-        A plain copy of the arrays in use (no rehashing): what a tumbling window
-        needs to give each invocation a private aggregator cheaply.
+        Copy-on-write: the copy shares every array with this table and takes
+        over the right to append groups in place (see the module docstring), so
+        a copy costs the same whatever the groups. Whichever of the two changes
+        first copies the accumulators it changes; this table, if it changes
+        again, copies what it uses first. That is what a tumbling window needs:
+        each invocation folds into a private copy, committed (and the original
+        dropped) only when the invocation succeeds.
         """
         cdef GroupTable twin = GroupTable.__new__(GroupTable)
-        cdef Py_ssize_t k
-        cdef Py_ssize_t j
-        cdef int rc
         # The spec objects are never mutated: share them.
         twin._key_names = self._key_names
         twin._key_types = self._key_types
@@ -1284,80 +1708,30 @@ cdef class GroupTable:
         twin._value_types = self._value_types
         twin._value_flags = self._value_flags
         twin._out = self._out
-        twin._lock = threading.Lock()
+        twin._lock = _new_lock()
         twin.n_keys = self.n_keys
         twin.n_vals = self.n_vals
         twin.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
         twin.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
         if twin.keys == NULL or twin.vals == NULL:
             raise MemoryError()
-        for k in range(self.n_keys):
-            twin.keys[k].kind = self.keys[k].kind
-        for j in range(self.n_vals):
-            twin.vals[j].kind = self.vals[j].kind
-            twin.vals[j].flags = self.vals[j].flags
-            twin.vals[j].mn_init = self.vals[j].mn_init
-            twin.vals[j].mx_init = self.vals[j].mx_init
         with self._lock:
-            if self.n_groups >= _NOGIL_ROWS:
-                with nogil:
-                    rc = twin._copy(self)
-            else:
-                rc = twin._copy(self)
-        if rc:
-            raise MemoryError()  # twin's __dealloc__ frees what was copied
+            twin._copy(self)
         return twin
 
     cdef int _copy(self, GroupTable src) noexcept nogil:
-        # Into a table without groups: src's groups, only the used part of each
-        # array copied. A table more than 4x too big for its groups (a new table
-        # sized for a first batch of mostly repeated keys) is rebuilt at its size
-        # instead, so that later copies move less. -1 when out of memory (what was
-        # copied is held).
-        cdef int64_t n = src.n_groups
-        cdef size_t used = <size_t>n * 8
-        cdef size_t cap = <size_t>min(src.group_cap, _at_least(2 * n, _MIN_GROUPS)) * 8
-        cdef uint64_t slot_cap = src.slot_mask + 1 if src.slots != NULL else 0
-        cdef uint64_t fit = <uint64_t>_at_least(4 * n, _MIN_SLOTS)
-        cdef Py_ssize_t k
-        cdef Py_ssize_t j
-        cdef KeyCol* kd
-        cdef const KeyCol* ks
-        cdef ValCol* cd
-        cdef const ValCol* cs
-        if src.counts == NULL:
-            return 0
-        if (_dup(<void**>&self.counts, src.counts, cap, used)
-                or _dup(<void**>&self.group_hash, src.group_hash, cap, used)):
-            return -1
-        self.group_cap = <int64_t>(cap // 8)
-        for k in range(self.n_keys):
-            kd = &self.keys[k]
-            ks = &src.keys[k]
-            if (_dup(<void**>&kd.nulls, ks.nulls, cap // 8, used // 8)
-                    or _dup(<void**>&kd.ints, ks.ints, cap, used)
-                    or _dup(<void**>&kd.offs, ks.offs, cap, used)
-                    or _dup(<void**>&kd.arena, ks.arena, <size_t>ks.arena_cap, <size_t>ks.arena_len)):
-                return -1
-            kd.arena_len = ks.arena_len
-            kd.arena_cap = ks.arena_cap
-            kd.key_bytes = ks.key_bytes
-        for j in range(self.n_vals):
-            cd = &self.vals[j]
-            cs = &src.vals[j]
-            if (_dup(<void**>&cd.nulls, cs.nulls, cap, used)
-                    or _dup(<void**>&cd.sum, cs.sum, cap, used)
-                    or _dup(<void**>&cd.msum, cs.msum, cap, used)
-                    or _dup(<void**>&cd.mn, cs.mn, cap, used)
-                    or _dup(<void**>&cd.mx, cs.mx, cap, used)):
-                return -1
-        self.n_groups = n
-        if slot_cap > fit:
-            return self._rehash(fit)
-        if _dup(<void**>&self.slots, src.slots, slot_cap * sizeof(Slot), slot_cap * sizeof(Slot)):
-            self.n_groups = 0  # a table without slots holds no groups
-            return -1
+        # Into a new table (keys and vals allocated, nothing else set): src's groups,
+        # by sharing src's blocks; the writer role of src's passes to self. Moves no
+        # data, cannot fail.
+        _for_arrays(src, _SHARE, _token(self))
+        memcpy(self.keys, src.keys, <size_t>self.n_keys * sizeof(KeyCol))
+        memcpy(self.vals, src.vals, <size_t>self.n_vals * sizeof(ValCol))
+        self.counts = src.counts
+        self.group_hash = src.group_hash
+        self.slots = src.slots
         self.slot_mask = src.slot_mask
+        self.n_groups = src.n_groups
+        self.group_cap = src.group_cap
         return 0
 
     def nbytes(self):
@@ -1365,7 +1739,8 @@ cdef class GroupTable:
 
         A size per group (count and hash, per key column its value and null
         flag, per value column its null count and accumulators) plus the key
-        bytes, whatever capacity is allocated ahead.
+        bytes, whatever capacity is allocated ahead. Memory shared with copies
+        counts in full for each of them.
         """
         cdef int64_t total = self.n_groups * 16
         cdef Py_ssize_t k
@@ -1380,71 +1755,49 @@ cdef class GroupTable:
         return total
 
     cdef int _grow_groups(self, int64_t cap) noexcept nogil:
-        # Per-group arrays for `cap` groups. 0, or -1 when out of memory (then the
-        # capacity is unchanged; arrays already grown just hold more room).
+        # Per-group arrays for `cap` groups (self writes them all: see _own). 0, or
+        # -1 when out of memory (then the capacity is unchanged; arrays already
+        # grown just hold more room).
+        cdef uintptr_t me = _token(self)
+        cdef size_t used = <size_t>self.n_groups * 8
+        cdef size_t size = <size_t>cap * 8
+        cdef int rc = 0
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef KeyCol* kc
         cdef ValCol* c
-        cdef void* p
-        p = realloc(self.counts, cap * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        self.counts = <int64_t*>p
-        p = realloc(self.group_hash, cap * sizeof(uint64_t))
-        if p == NULL:
-            return -1
-        self.group_hash = <uint64_t*>p
+        self.counts = <int64_t*>_grow(self.counts, used, size, me, &rc)
+        self.group_hash = <uint64_t*>_grow(self.group_hash, used, size, me, &rc)
         for k in range(self.n_keys):
             kc = &self.keys[k]
             if kc.nulls != NULL:
-                p = realloc(kc.nulls, <size_t>cap)
-                if p == NULL:
-                    return -1
-                kc.nulls = <uint8_t*>p
+                kc.nulls = <uint8_t*>_grow(kc.nulls, used // 8, size // 8, me, &rc)
             if _is_bin(kc.kind):
-                p = realloc(kc.offs, cap * sizeof(int64_t))
-                if p == NULL:
-                    return -1
-                kc.offs = <int64_t*>p
+                kc.offs = <int64_t*>_grow(kc.offs, used, size, me, &rc)
             else:
-                p = realloc(kc.ints, cap * sizeof(uint64_t))
-                if p == NULL:
-                    return -1
-                kc.ints = <uint64_t*>p
+                kc.ints = <uint64_t*>_grow(kc.ints, used, size, me, &rc)
         for j in range(self.n_vals):
             c = &self.vals[j]
             if c.nulls != NULL:
-                p = realloc(c.nulls, cap * sizeof(int64_t))
-                if p == NULL:
-                    return -1
-                c.nulls = <int64_t*>p
+                c.nulls = <int64_t*>_grow(c.nulls, used, size, me, &rc)
             if c.flags & HAS_SUM:
-                p = realloc(c.sum, cap * sizeof(uint64_t))
-                if p == NULL:
-                    return -1
-                c.sum = <uint64_t*>p
+                c.sum = <uint64_t*>_grow(c.sum, used, size, me, &rc)
             if c.flags & HAS_MSUM:
-                p = realloc(c.msum, cap * sizeof(double))
-                if p == NULL:
-                    return -1
-                c.msum = <double*>p
+                c.msum = <double*>_grow(c.msum, used, size, me, &rc)
             if c.flags & HAS_MIN:
-                p = realloc(c.mn, cap * sizeof(uint64_t))
-                if p == NULL:
-                    return -1
-                c.mn = <uint64_t*>p
+                c.mn = <uint64_t*>_grow(c.mn, used, size, me, &rc)
             if c.flags & HAS_MAX:
-                p = realloc(c.mx, cap * sizeof(uint64_t))
-                if p == NULL:
-                    return -1
-                c.mx = <uint64_t*>p
+                c.mx = <uint64_t*>_grow(c.mx, used, size, me, &rc)
+        if rc:
+            return -1
         self.group_cap = cap
         return 0
 
     cdef int _rehash(self, uint64_t capacity) noexcept nogil:
-        # A table of `capacity` slots holding every group.
-        cdef Slot* slots = <Slot*>calloc(capacity, sizeof(Slot))
+        # A new slot table of `capacity` slots holding every group (the old one is
+        # dropped: a table that shares it keeps it).
+        cdef uintptr_t me = _token(self)
+        cdef Slot* slots = <Slot*>_b_alloc(capacity * sizeof(Slot), me, True)
         cdef uint64_t mask = capacity - 1
         cdef uint64_t pos
         cdef uint64_t h
@@ -1458,8 +1811,11 @@ cdef class GroupTable:
             while slots[pos].tag_gid != 0:
                 pos = (pos + 1) & mask
             slots[pos].tag_gid = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(g + 1)
-            slots[pos].key0 = <uint64_t>first.offs[g] if _is_bin(first.kind) else first.ints[g]
-        free(self.slots)
+            if _is_bin(first.kind):
+                slots[pos].key0 = _bin_key0(first.offs[g], _key_len(first, g, self.n_groups))
+            else:
+                slots[pos].key0 = first.ints[g]
+        _b_drop(self.slots, me, self.n_groups)
         self.slots = slots
         self.slot_mask = mask
         return 0
@@ -1521,15 +1877,13 @@ cdef class GroupTable:
             # First every allocation, so that a failure leaves no partial group.
             kc = &self.keys[k]
             null = _is_null(&kc.inp, row)
-            if null and kc.nulls == NULL:
-                kc.nulls = <uint8_t*>calloc(<size_t>self.group_cap, 1)
-                if kc.nulls == NULL:
-                    return -1
+            if null and _first_null_key(self, kc):
+                return -1
             if _is_bin(kc.kind):
                 n = 0
                 if not null:
                     _bytes_at(&kc.inp, kc.kind, row, &p, &n)
-                if kc.arena_len + 8 + n > kc.arena_cap and _grow_arena(kc, kc.arena_len + 8 + n):
+                if kc.arena_len + n > kc.arena_cap and _grow_arena(self, kc, kc.arena_len + n):
                     return -1
         for k in range(self.n_keys):
             kc = &self.keys[k]
@@ -1540,17 +1894,19 @@ cdef class GroupTable:
                 n = 0
                 if not null:
                     _bytes_at(&kc.inp, kc.kind, row, &p, &n)
-                _put_record(kc, g, p, n)
+                _put_key(kc, g, p, n)
             else:
                 kc.ints[g] = 0 if null else _int_at(kc.inp.values, kc.kind, row)
         kc = &self.keys[0]
-        self._commit(g, h, pos, <uint64_t>kc.offs[g] if _is_bin(kc.kind) else kc.ints[g])
+        # Group g's key is the arena's last.
+        self._commit(g, h, pos, _bin_key0(kc.offs[g], kc.arena_len - kc.offs[g]) if _is_bin(kc.kind)
+                     else kc.ints[g])
         return g
 
     cdef int _assign(self, int64_t start, int64_t m, const uint64_t* hashes, uint32_t* gid) noexcept nogil:
         # Group number of rows start .. start + m - 1 into gid; a new key gets a new
         # group (_add). Two prefetch stages hide the cache misses of a large table:
-        # the slot of row i + 2D, then the arena record that the slot of row i + D names.
+        # the slot of row i + 2D, then the arena bytes that the slot of row i + D names.
         cdef int64_t i
         cdef int64_t g
         cdef uint64_t h
@@ -1563,7 +1919,7 @@ cdef class GroupTable:
         cdef const KeyCol* first = &self.keys[0]
         cdef bint prefetch_records = _is_bin(first.kind)
         if self.n_keys == 1:
-            return _assign_one(self, start, m, hashes, gid)
+            return _assign_one(self, start, m, hashes, gid, False)
         slots = self.slots
         mask = self.slot_mask
         for i in range(m):
@@ -1572,7 +1928,7 @@ cdef class GroupTable:
             if prefetch_records and i + PREFETCH_AHEAD < m:
                 ahead = &slots[hashes[i + PREFETCH_AHEAD] & mask]
                 if ahead.tag_gid != 0:
-                    SC_PREFETCH(first.arena + ahead.key0)
+                    SC_PREFETCH(first.arena + (ahead.key0 >> 16))
             h = hashes[i]
             tag = h >> 32
             pos = h & mask
@@ -1587,7 +1943,7 @@ cdef class GroupTable:
                     break
                 if (s >> 32) == tag:
                     g = <int64_t>(s & 0xFFFFFFFFULL) - 1
-                    if _row_equals(self.keys, self.n_keys, g, start + i, slots[pos].key0):
+                    if _row_equals(self.keys, self.n_keys, g, start + i, slots[pos].key0, self.n_groups):
                         break
                 pos = (pos + 1) & mask
             gid[i] = <uint32_t>g
@@ -1603,10 +1959,13 @@ cdef class GroupTable:
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef ValCol* c
+        cdef bint single = self.n_keys == 1
+        cdef bint fused
+        if _own(self):
+            return -1
         if self.n_groups == 0:
             # A new table: room for the first chunk's rows as groups rather than
-            # growing step by step while they arrive (copy() shrinks what turns
-            # out oversized).
+            # growing step by step while they arrive.
             m = n if n < CHUNK else CHUNK
             if self.group_cap < m and self._grow_groups(_at_least(m, _MIN_GROUPS)):
                 return -1
@@ -1615,23 +1974,28 @@ cdef class GroupTable:
                 return -1
         while start < n:
             m = n - start if n - start < CHUNK else CHUNK
-            for k in range(self.n_keys):
-                _hash_column(&self.keys[k], start, m, hashes, k == 0)
-            rc = self._assign(start, m, hashes, gid)
+            # One key column and a table that fits in cache: the hashes are made
+            # while probing, and the rows counted there too (update).
+            fused = single and self.slot_mask + 1 < _PREFETCH_SLOTS
+            if not fused:
+                for k in range(self.n_keys):
+                    _hash_column(&self.keys[k], start, m, hashes, k == 0)
+            if single:
+                rc = _assign_one(self, start, m, NULL if fused else hashes, gid, not merge)
+            else:
+                rc = self._assign(start, m, hashes, gid)
             if rc != 0:
                 return rc
             if merge:
                 _add_counts(&self.in_count, start, m, gid, self.counts)
-            else:
+            elif not single:
                 _count_rows(m, gid, self.counts)
             for j in range(self.n_vals):
                 c = &self.vals[j]
                 if merge:
                     if _any_nulls(&self.in_count, &c.inp[0], start, m):
-                        if c.nulls == NULL:
-                            c.nulls = <int64_t*>calloc(<size_t>self.group_cap, sizeof(int64_t))
-                            if c.nulls == NULL:
-                                return -1
+                        if c.nulls == NULL and _first_null_value(self, c):
+                            return -1
                         _add_nulls(&self.in_count, &c.inp[0], start, m, gid, c.nulls)
                     if c.flags & HAS_SUM:
                         _fold_kind(_sum_kind(c.kind), &c.inp[1], start, m, gid, c.sum, HAS_SUM)
@@ -1643,11 +2007,8 @@ cdef class GroupTable:
                         _fold_kind(c.kind, &c.inp[4], start, m, gid, c.mx, HAS_MAX)
                     continue
                 if c.inp[0].valid != NULL:
-                    if c.nulls == NULL:
-                        # The column's first nulls: from now on a count per group.
-                        c.nulls = <int64_t*>calloc(<size_t>self.group_cap, sizeof(int64_t))
-                        if c.nulls == NULL:
-                            return -1
+                    if c.nulls == NULL and _first_null_value(self, c):
+                        return -1
                     _count_nulls(&c.inp[0], start, m, gid, c.nulls)
                 if c.flags & HAS_SUM:
                     _fold_kind(c.kind, &c.inp[0], start, m, gid, c.sum, HAS_SUM)
@@ -1666,17 +2027,7 @@ cdef class GroupTable:
         if not isinstance(arr, pa.Array):
             msg = f"column {name!r} must be a pyarrow.Array, got {type(arr).__name__}"
             raise TypeError(msg)
-        if not arr.type.equals(dtype):
-            msg = (f"column {name!r} has type {arr.type}, but this aggregator holds "
-                   f"{dtype} for it")
-            raise InvalidRecordsError(msg)
-        buffers = arr.buffers()
-        cdef int64_t offset = arr.offset
-        inp.voff = offset
-        inp.valid = input_address(buffers[0]) if arr.null_count else NULL
-        inp.values = input_address(buffers[1]) + _width(kind) * offset
-        inp.data = input_address(buffers[2]) if _is_bin(kind) else NULL
-        return 0
+        return _bind_array(arr, name, dtype, kind, inp)
 
     cdef int _raise_for(self, int rc) except -1:
         if rc == -2:
@@ -1690,7 +2041,6 @@ cdef class GroupTable:
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef int64_t n
-        cdef int rc
         if len(key_arrays) != self.n_keys or len(value_arrays) != self.n_vals:
             raise ValueError("one array per key column and per value column is expected")
         n = len(key_arrays[0])
@@ -1707,15 +2057,31 @@ cdef class GroupTable:
             for j in range(self.n_vals):
                 arr, name, dtype = value_arrays[j], self._value_names[j], self._value_types[j]
                 self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
-            if n == 0:
-                return
-            if n >= _NOGIL_ROWS:
-                with nogil:
-                    rc = self._fold(n, False)
-            else:
-                rc = self._fold(n, False)
-            if rc != 0:
-                self._raise_for(rc)
+            _run_fold(self, n, False)
+
+    def update_batch(self, batch, list key_idx, list value_idx):
+        """Fold a ``pyarrow.RecordBatch``: its columns ``key_idx`` (one per key column)
+        and ``value_idx`` (one per value column), in constructor order.
+
+        What ``update`` does for the columns of a batch, with less work per call.
+        """
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
+        if not isinstance(batch, pa.RecordBatch):
+            msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
+            raise TypeError(msg)
+        if len(key_idx) != self.n_keys or len(value_idx) != self.n_vals:
+            raise ValueError("one column index per key column and per value column is expected")
+        column = batch.column
+        with self._lock:
+            # `batch` holds every buffer bound here until the fold is done.
+            for k in range(self.n_keys):
+                arr, name, dtype = column(key_idx[k]), self._key_names[k], self._key_types[k]
+                _bind_array(arr, name, dtype, self.keys[k].kind, &self.keys[k].inp)
+            for j in range(self.n_vals):
+                arr, name, dtype = column(value_idx[j]), self._value_names[j], self._value_types[j]
+                _bind_array(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
+            _run_fold(self, batch.num_rows, False)
 
     def input_types(self):
         """The key column types, then the value column types."""
@@ -1762,7 +2128,6 @@ cdef class GroupTable:
         cdef Py_ssize_t j
         cdef Py_ssize_t at
         cdef int64_t n
-        cdef int rc
         cdef ValCol* c
         if len(columns) != len(fields):
             msg = f"a state has {len(fields)} columns, got {len(columns)}"
@@ -1795,15 +2160,7 @@ cdef class GroupTable:
                 if c.flags & HAS_MAX:
                     _bind_state(self, columns, fields, at, c.kind, &c.inp[4])
                     at += 1
-            if n == 0:
-                return
-            if n >= _NOGIL_ROWS:
-                with nogil:
-                    rc = self._fold(n, True)
-            else:
-                rc = self._fold(n, True)
-            if rc != 0:
-                self._raise_for(rc)
+            _run_fold(self, n, True)
 
     cdef object _export(self, list codes, object schema):
         # A RecordBatch of the groups: column i is codes[i] = (OUT_*, column index),
@@ -1811,48 +2168,25 @@ cdef class GroupTable:
         # and freed by its release callback.
         cdef Py_ssize_t n_cols = len(codes)
         cdef Py_ssize_t i
-        cdef Py_ssize_t k
-        cdef int c_codes[64]
-        cdef Py_ssize_t c_ats[64]
-        cdef int* p_codes = c_codes
-        cdef Py_ssize_t* p_ats = c_ats
         cdef CArrowArray batch
-        cdef int rc = 0
-        cdef int64_t total
-        if n_cols > 64:
-            p_codes = <int*>malloc(n_cols * sizeof(int))
-            p_ats = <Py_ssize_t*>malloc(n_cols * sizeof(Py_ssize_t))
-        batch.release = NULL
+        cdef _Owned* own = _start(&batch, 0, 1)
+        if own == NULL:
+            raise MemoryError()
         try:
-            if p_codes == NULL or p_ats == NULL:
+            own.children = <CArrowArray*>calloc(n_cols if n_cols else 1, sizeof(CArrowArray))
+            own.child_ptrs = <CArrowArray**>malloc((n_cols if n_cols else 1) * sizeof(CArrowArray*))
+            if own.children == NULL or own.child_ptrs == NULL:
                 raise MemoryError()
             for i in range(n_cols):
-                p_codes[i], p_ats[i] = codes[i]
-            with self._lock:
-                for i in range(n_cols):
-                    if p_codes[i] == OUT_KEY and self.keys[p_ats[i]].kind == K_BIN32:
-                        k = p_ats[i]
-                        total = self.keys[k].key_bytes
-                        if total > INT32_MAX:
-                            msg = (f"the keys of column {self._key_names[k]!r} hold {total} bytes, "
-                                   f"more than {self._key_types[k]} can address; use the large_ "
-                                   f"variant of the type")
-                            raise OverflowError(msg)
-                if self.n_groups >= _NOGIL_ROWS:
-                    with nogil:
-                        rc = _fill_batch(self, &batch, p_codes, p_ats, n_cols)
-                else:
-                    rc = _fill_batch(self, &batch, p_codes, p_ats, n_cols)
-            if rc:
-                raise MemoryError()
+                own.child_ptrs[i] = &own.children[i]
+            batch.children = own.child_ptrs
+            batch.n_children = n_cols
+            _fill_columns(self, own.children, codes, &batch.length)
             # The import takes the struct over (and releases it if it fails).
             return pa.RecordBatch._import_from_c(<uintptr_t>&batch, schema)
         finally:
             if batch.release != NULL:
                 batch.release(&batch)
-            if p_codes != c_codes:
-                free(p_codes)
-                free(p_ats)
 
     cdef object _schema(self, list names, list codes):
         return pa.schema([pa.field(name, self._out_type(code, at))
@@ -1868,29 +2202,62 @@ cdef class GroupTable:
         per ``(op, value column index)`` of ``layout`` with ``op`` one of ``"count"``
         (index ignored), ``"sum"``, ``"min"``, ``"max"``, ``"mean"`` (asked for at
         construction); ``names`` names every column."""
-        cdef Py_ssize_t k
-        cdef int code
-        out = self._out
-        if out is not None and names == out[0] and layout == out[1]:
-            return self._export(out[2], out[3])
-        if len(names) != self.n_keys + len(layout):
-            raise ValueError("one name per key column and per layout entry is expected")
-        codes = [(OUT_KEY, k) for k in range(self.n_keys)]
-        for op, at in layout:
-            code = _OPS.get(op, 0)
-            if code == OUT_COUNT:
-                codes.append((code, 0))
-                continue
-            if code == 0 or not 0 <= at < self.n_vals:
-                raise ValueError(f"layout entry {(op, at)!r} is not a count or an aggregate of a value column")
-            want = self._value_flags[at]
-            if not want & {OUT_SUM: WANT_SUM, OUT_MIN: WANT_MIN, OUT_MAX: WANT_MAX, OUT_MEAN: WANT_MEAN}[code]:
-                raise ValueError(f"{op} of {self._value_names[at]!r} was not asked for")
-            codes.append((code, at))
-        schema = self._schema(names, codes)
-        # Copies of the caller's lists: the cache must not change with them.
-        self._out = (list(names), [tuple(e) for e in layout], codes, schema)
-        return self._export(codes, schema)
+        out = _result_layout(self, names, layout)
+        return self._export(out[2], out[3])
+
+
+cdef tuple _result_layout(GroupTable t, list names, list layout):
+    # t._out for this result layout: (names, layout, codes, schema), built and cached
+    # when the layout is not the last one asked for.
+    cdef Py_ssize_t k
+    cdef int code
+    out = t._out
+    if out is not None and names == out[0] and layout == out[1]:
+        return out
+    if len(names) != t.n_keys + len(layout):
+        raise ValueError("one name per key column and per layout entry is expected")
+    codes = [(OUT_KEY, k) for k in range(t.n_keys)]
+    for op, at in layout:
+        code = _OPS.get(op, 0)
+        if code == OUT_COUNT:
+            codes.append((code, 0))
+            continue
+        if code == 0 or not 0 <= at < t.n_vals:
+            raise ValueError(f"layout entry {(op, at)!r} is not a count or an aggregate of a value column")
+        want = t._value_flags[at]
+        if not want & {OUT_SUM: WANT_SUM, OUT_MIN: WANT_MIN, OUT_MAX: WANT_MAX, OUT_MEAN: WANT_MEAN}[code]:
+            raise ValueError(f"{op} of {t._value_names[at]!r} was not asked for")
+        codes.append((code, at))
+    schema = t._schema(names, codes)
+    # Copies of the caller's lists: the cache must not change with them.
+    out = (list(names), [tuple(e) for e in layout], codes, schema)
+    t._out = out
+    return out
+
+
+# --- the group hash, for tests -------------------------------------------------------
+
+def key_hashes(arr):
+    """The hash a ``GroupTable`` gives each element of a binary or utf8 array (any of
+    the four; nulls hash as a constant), as a uint64 array: XXH3-64 of keys up to 16
+    bytes, XXH64 of longer ones. What the tests check against the ``xxhash`` package."""
+    cdef KeyCol kc
+    cdef int64_t n = len(arr)
+    cdef int64_t start = 0
+    cdef int64_t m
+    cdef uint64_t* out
+    dtype = arr.type
+    kc.kind = _key_kind(dtype)
+    if not _is_bin(kc.kind):
+        raise TypeError(f"expected a binary or utf8 array, got {dtype}")
+    _bind_array(arr, "keys", dtype, kc.kind, &kc.inp)
+    hashes = pa.allocate_buffer(8 * n)
+    out = <uint64_t*><uintptr_t>hashes.address
+    while start < n:
+        m = n - start if n - start < CHUNK else CHUNK
+        _hash_column(&kc, start, m, out + start, True)
+        start += m
+    return pa.Array.from_buffers(pa.uint64(), n, [None, hashes])
 
 
 # --- window starts -------------------------------------------------------------------

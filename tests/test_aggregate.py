@@ -292,6 +292,59 @@ def test_copies_are_independent_and_match_pyarrow(
     assert_same(agg.result(), pyarrow_result(table, agg_spec), agg_spec["by"], ordered=True, table=table)
 
 
+COW_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@COW_SETTINGS
+@given(data=tables(max_rows=160), steps=st.data())
+def test_copies_updates_merges_and_drops_in_any_order(
+    data: tuple[pa.Table, dict[str, Any]], steps: st.DataObject
+) -> None:
+    # Copies share their groups copy-on-write, and one of them at a time appends in
+    # place. Whatever the order of copies, updates, merges, state round trips and
+    # drops (a window's copy per invocation, a retry copying the original again, a
+    # stale invocation still folding), each aggregator holds exactly what was folded
+    # into it and into its ancestors before it was copied.
+    table, agg_spec = data
+    by = agg_spec["by"]
+    pool: list[tuple[Aggregator, list[pa.Table], bool]] = [(Aggregator(**agg_spec), [], True)]
+
+    def check(agg: Aggregator, parts: list[pa.Table], exact: bool) -> None:
+        if not parts:
+            return
+        folded = pa.concat_tables(parts)
+        want = pyarrow_result(folded, agg_spec)
+        assert len(agg) == want.num_rows
+        assert_same(agg.result(), want, by, ordered=exact, table=folded)
+
+    for _ in range(steps.draw(st.integers(1, 14))):
+        i = steps.draw(st.integers(0, len(pool) - 1))
+        agg, parts, exact = pool[i]
+        action = steps.draw(
+            st.sampled_from(["copy", "copy", "update", "update", "update", "drop", "merge", "state", "check"])
+        )
+        if action == "copy":
+            pool.append((agg.copy(), list(parts), exact))
+        elif action == "update":
+            start = steps.draw(st.integers(0, table.num_rows))
+            piece = table.slice(start, steps.draw(st.integers(0, table.num_rows - start)))
+            agg.update(piece)
+            parts.append(piece)
+        elif action == "drop" and len(pool) > 1:
+            del pool[i]
+        elif action == "merge":
+            other, other_parts, _ = pool[steps.draw(st.integers(0, len(pool) - 1))]
+            agg.merge(other)
+            pool[i] = (agg, parts + other_parts, False)
+        elif action == "state":
+            pool[i] = (Aggregator.from_state(agg.to_state()), parts, exact)
+        else:
+            check(agg, parts, exact)
+        del agg
+    for agg, parts, exact in pool:
+        check(agg, parts, exact)
+
+
 # --- semantics, by example -------------------------------------------------------------
 
 
@@ -463,6 +516,185 @@ def test_a_copy_of_a_table_sized_for_few_groups_keeps_working() -> None:
     assert_same(
         agg.result(), pyarrow_result(table, {"by": ["k"], "sum": ["v"]}), ["k"], ordered=True, table=table
     )
+
+
+def test_copy_and_original_diverge_whichever_is_updated_first() -> None:
+    # Both sides add groups (past the capacity, so both grow their arrays) and change
+    # shared ones; nulls first appear on one side only.
+    first = pa.table({"k": [f"u{i}" for i in range(50)], "v": [float(i) for i in range(50)]})
+    more = pa.table({"k": [f"u{i}" for i in range(25, 400)] + [None], "v": [1.0] * 375 + [None]})
+    other = pa.table({"k": [f"w{i}" for i in range(300)] + ["u3"], "v": [2.0] * 300 + [None]})
+    spec: dict[str, Any] = {"by": ["k"], "sum": ["v"], "max": ["v"]}
+    for copy_first in (True, False):
+        original = Aggregator(**spec)
+        original.update(first)
+        copy = original.copy()
+        assert copy.nbytes == original.nbytes and len(copy) == len(original)
+        updates = [(copy, more), (original, other)] if copy_first else [(original, other), (copy, more)]
+        for agg, part in updates:
+            agg.update(part)
+        for agg, part in ((copy, more), (original, other)):
+            folded = pa.concat_tables([first, part])
+            assert_same(agg.result(), pyarrow_result(folded, spec), ["k"], ordered=True, table=folded)
+
+
+def test_a_stale_copy_folding_after_the_original_was_copied_again() -> None:
+    # A timed-out invocation (its copy still folding) and the retry's copy of the same
+    # committed state: neither sees the other's groups, and the committed one is intact.
+    spec: dict[str, Any] = {"by": ["k"], "sum": ["v"]}
+    committed = Aggregator(**spec)
+    base = pa.table({"k": [f"k{i % 90}" for i in range(300)], "v": list(range(300))})
+    committed.update(base)
+    before = committed.result()
+    stale = committed.copy()  # the first attempt's copy: it appends in place
+    retry = committed.copy()  # the retry's copy, while the first one lives
+    stale_rows = pa.table({"k": [f"s{i}" for i in range(500)] + ["k1"], "v": [1] * 501})
+    retry_rows = pa.table({"k": [f"r{i}" for i in range(200)] + ["k2"], "v": [2] * 201})
+    stale.update(stale_rows.slice(0, 250))
+    retry.update(retry_rows)
+    stale.update(stale_rows.slice(250))  # the stale copy goes on after the retry folded
+    again = retry.copy()  # the retry is committed and copied for the next invocation
+    again.update(stale_rows.slice(0, 10))
+    assert_identical(committed.result(), before)
+    for agg, parts in (
+        (stale, [base, stale_rows]),
+        (retry, [base, retry_rows]),
+        (again, [base, retry_rows, stale_rows.slice(0, 10)]),
+    ):
+        folded = pa.concat_tables(parts)
+        assert_same(agg.result(), pyarrow_result(folded, spec), ["k"], ordered=True, table=folded)
+
+
+def test_dropped_copies_hand_appending_back() -> None:
+    # A copy that is dropped (a failed invocation) gives up appending in place: the
+    # original takes it back when the copy added nothing, and copies what it uses
+    # first when the copy did add groups (which it must not see).
+    spec: dict[str, Any] = {"by": ["k"], "sum": ["v"]}
+    agg = Aggregator(**spec)
+    parts = [pa.table({"k": [f"k{i}" for i in range(100)], "v": [1] * 100})]
+    agg.update(parts[0])
+    for round_ in range(6):
+        copy = agg.copy()
+        if round_ % 2:
+            copy.update(pa.table({"k": [f"lost{round_}-{i}" for i in range(300)], "v": [5] * 300}))
+        del copy
+        part = pa.table(
+            {"k": [f"k{round_}-{i}" for i in range(round_ * 40)] + ["k7"], "v": [2] * (round_ * 40 + 1)}
+        )
+        if round_ % 3 == 2:
+            agg.update(part)  # the original itself goes on
+        else:
+            agg = agg.copy()  # a new invocation's copy, committed
+            agg.update(part)
+        parts.append(part)
+    folded = pa.concat_tables(parts)
+    assert_same(agg.result(), pyarrow_result(folded, spec), ["k"], ordered=True, table=folded)
+
+
+def test_a_copy_never_appends_over_groups_another_copy_has() -> None:
+    # The original, a copy that added groups, and a copy of that copy that was
+    # dropped (so no table appends in place any more): the original and a new copy of
+    # it must not take over appending, as their groups end where the first copy's go on.
+    spec: dict[str, Any] = {"by": ["k"], "sum": ["v"]}
+    base = pa.table({"k": [f"k{i}" for i in range(40)], "v": [1] * 40})
+    grown = pa.table({"k": [f"g{i}" for i in range(60)], "v": [2] * 60})
+    other = pa.table({"k": [f"o{i}" for i in range(70)], "v": [3] * 70})
+    for through_a_copy in (False, True):
+        original = Aggregator(**spec)
+        original.update(base)
+        first = original.copy()
+        first.update(grown)
+        dropped = first.copy()
+        del dropped
+        target = original.copy() if through_a_copy else original
+        target.update(other)
+        for agg, parts in ((first, [base, grown]), (target, [base, other])):
+            folded = pa.concat_tables(parts)
+            assert_same(agg.result(), pyarrow_result(folded, spec), ["k"], ordered=True, table=folded)
+
+
+def test_copies_fold_large_inputs_in_threads() -> None:
+    # Inputs of 64k rows are folded without the GIL: copies that share their groups,
+    # updated, copied and read from several threads at once.
+    n = 70_000
+    spec: dict[str, Any] = {"by": ["k"], "sum": ["v"], "min": ["v"]}
+    base_rows = pa.table({"k": [f"k{i % 3_000}" for i in range(n)], "v": pa.array(range(n), pa.int64())})
+    base = Aggregator(**spec)
+    base.update(base_rows)
+    copies = [base.copy() for _ in range(3)]  # the first may append in place, the others not
+    extra = [
+        pa.table(
+            {
+                "k": [f"t{t}-{i % 9_000}" if i % 3 else f"k{i % 3_000}" for i in range(n)],
+                "v": pa.array(range(n), pa.int64()),
+            }
+        )
+        for t in range(4)
+    ]
+    results: list[pa.Table] = []
+    errors: list[BaseException] = []
+
+    def fold(agg: Aggregator, rows: pa.Table) -> None:
+        try:
+            agg.update(rows)
+            agg.update(rows.slice(0, 1_000))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def read() -> None:
+        for _ in range(20):
+            results.append(base.copy().result())
+
+    threads = [threading.Thread(target=fold, args=(agg, extra[t])) for t, agg in enumerate([*copies, base])]
+    threads.append(threading.Thread(target=read))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for t, agg in enumerate([*copies, base]):
+        folded = pa.concat_tables([base_rows, extra[t], extra[t].slice(0, 1_000)])
+        assert_same(agg.result(), pyarrow_result(folded, spec), ["k"], ordered=True, table=folded)
+    # Every read saw the base as it was before its own update or after it, never half.
+    assert {r.num_rows for r in results} <= {3_000, len(base)}
+
+
+def test_keys_longer_than_a_slot_can_say() -> None:
+    # A slot keeps a key's length below 0xFFFF only; longer keys compare via offsets.
+    long = ["x" * 70_000, "x" * 69_999 + "y", "x" * 0xFFFF, "x" * 0xFFFE, "x" * 70_000]
+    table = pa.table({"k": long * 3 + ["short", None], "v": list(range(17))})
+    for key_type in (pa.utf8(), pa.large_utf8()):
+        typed = table.cast(pa.schema([pa.field("k", key_type), pa.field("v", pa.int64())]))
+        agg = Aggregator(by="k", sum="v")
+        agg.update(typed.slice(0, 4))
+        agg = agg.copy()
+        agg.update(typed.slice(4))
+        spec: dict[str, Any] = {"by": ["k"], "sum": ["v"]}
+        assert_same(agg.result(), pyarrow_result(typed, spec), ["k"], ordered=True, table=typed)
+
+
+def test_group_hash_of_binary_keys() -> None:
+    # XXH3-64 up to 16 bytes, XXH64 beyond (bit-exact with the xxhash package), nulls
+    # as one constant, slices and both offset widths.
+    from streamcore import _aggregate
+
+    xxhash = pytest.importorskip("xxhash")
+    keys: list[bytes | None] = [bytes(range(n)) * 2 for n in range(0, 24)]
+    keys += [b"user-%05d" % i for i in range(50)] + [b"", None, None]
+    for dtype in (pa.binary(), pa.large_binary(), pa.utf8()):
+        values = [k if k is None or dtype != pa.utf8() else bytes(b & 0x7F for b in k) for k in keys]
+        arr = pa.array([b"pad", *values], pa.binary() if dtype == pa.utf8() else dtype).slice(1)
+        if dtype == pa.utf8():
+            arr = arr.cast(pa.utf8())
+        got = _aggregate.key_hashes(arr).to_pylist()
+        want = [
+            None if v is None else xxhash.xxh3_64_intdigest(v) if len(v) <= 16 else xxhash.xxh64_intdigest(v)
+            for v in values
+        ]
+        assert [g for g, w in zip(got, want, strict=True) if w is not None] == [
+            w for w in want if w is not None
+        ]
+        assert len({g for g, w in zip(got, want, strict=True) if w is None}) == 1
 
 
 def test_nulls_appearing_late_and_after_a_copy() -> None:
@@ -664,6 +896,43 @@ def test_type_changes_and_bad_inputs_are_rejected() -> None:
     with pytest.raises(TypeError):
         agg.update([{"k": 1, "v": 1}])
     assert agg.result().to_pylist() == [{"k": 1, "count": 1, "v_sum": 1}]
+
+
+def test_specs_are_cached_but_arguments_still_checked() -> None:
+    # The same arguments share one validated spec; arguments validation rejects, or
+    # that only compare equal to cached ones (1 == True), are still rejected.
+    by = ["k"]
+    first = Aggregator(by=by, sum="v")
+    by.append("x")  # the caller's list changing later changes nothing
+    second = Aggregator(by=["k"], sum="v")
+    assert first._s is second._s
+    assert first._s.by == ["k"]
+    with pytest.raises(ConfigError, match="count"):
+        Aggregator(by=["k"], sum="v", count=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="by"):
+        Aggregator(by=("k", "k"), sum="v")
+    table = pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3], "x": [0, 0, 0]})
+    for agg in (first, second):  # the second reuses the first one's plan for this schema
+        agg.update(table)
+        assert agg.result().to_pylist() == [
+            {"k": "a", "count": 2, "v_sum": 4},
+            {"k": "b", "count": 1, "v_sum": 2},
+        ]
+
+
+def test_group_table_update_batch_checks_its_arguments() -> None:
+    from streamcore import _aggregate
+
+    table = _aggregate.GroupTable(["k"], [pa.utf8()], ["v"], [pa.int64()], [_aggregate.WANT_SUM])
+    batch = pa.record_batch({"v": [1, 2], "k": ["a", "a"]})
+    with pytest.raises(TypeError, match="RecordBatch"):
+        table.update_batch(pa.Table.from_batches([batch]), [1], [0])
+    with pytest.raises(ValueError, match="one column index"):
+        table.update_batch(batch, [1], [])
+    with pytest.raises(InvalidRecordsError, match=r"'k' has type int64"):
+        table.update_batch(batch, [0], [0])
+    table.update_batch(batch, [1], [0])
+    assert len(table) == 1
 
 
 def test_merge_rejects_other_specs_and_types() -> None:

@@ -12,6 +12,9 @@ WANT_MAX: Final[int]
 def floor_multiple(arr: pa.Array, size: int) -> pa.Array:
     """``floor(value / size) * size`` of every element of an int64 or uint64 array."""
 
+def key_hashes(arr: pa.Array) -> pa.Array:
+    """The uint64 hash a ``GroupTable`` gives each element of a binary or utf8 array."""
+
 @final
 class GroupTable:
     """Per-group accumulators over an open-addressing hash table of group keys."""
@@ -26,7 +29,7 @@ class GroupTable:
     ) -> None: ...
     def __len__(self) -> int: ...
     def copy(self) -> GroupTable:
-        """An independent table with the same spec and groups (a copy of the arrays in use)."""
+        """An independent table with the same spec and groups, in constant time (copy-on-write)."""
     def nbytes(self) -> int:
         """Bytes held for the groups."""
     def clear(self) -> None:
@@ -34,6 +37,9 @@ class GroupTable:
 
     def update(self, key_arrays: list[pa.Array], value_arrays: list[pa.Array]) -> None:
         """Fold rows: one equal-length array per key and value column."""
+
+    def update_batch(self, batch: pa.RecordBatch, key_idx: list[int], value_idx: list[int]) -> None:
+        """Fold a record batch: the positions of its key columns, then of its value columns."""
 
     def input_types(self) -> list[pa.DataType]:
         """The key column types, then the value column types."""

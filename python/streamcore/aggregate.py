@@ -102,6 +102,92 @@ class _Plan:
         return int(found[0])
 
 
+class _Spec:
+    """What an Aggregator computes, validated once.
+
+    Shared by every aggregator made with the same arguments (see ``_spec_for``)
+    and by their copies, so nothing here changes after ``__init__`` but ``plan``,
+    a cache: the last ``_Plan`` made for this spec, which the next aggregator fed
+    records of the same schema reuses (a tumbling window makes a new aggregator
+    per window).
+    """
+
+    __slots__ = ("by", "count", "flags", "layout", "names", "ops", "plan", "values")
+
+    def __init__(
+        self, by: Sequence[str] | str, count: bool, given: dict[str, Sequence[str] | str | None]
+    ) -> None:
+        self.by = _names("by", by, allow_empty=False)
+        if not isinstance(count, bool):
+            raise ConfigError("count", count, "True or False")
+        self.count = count
+        self.ops = {op: _names(op, given[op], allow_empty=True) for op in _AGGREGATES}
+        # Output names must not collide with each other or with a key column.
+        seen = set(self.by)
+        for option, name in [("count", "count")] * count + [
+            (op, f"{col}_{op}") for op in _AGGREGATES for col in self.ops[op]
+        ]:
+            if name in seen:
+                raise ConfigError(
+                    option,
+                    given.get(option, count),
+                    f"no output column named like another: {name!r}",
+                )
+            seen.add(name)
+        self.values: list[str] = []
+        for op in _AGGREGATES:
+            self.values += [col for col in self.ops[op] if col not in self.values]
+        # The result's column names and, after the keys, its (op, value column) layout.
+        self.names: list[str] = [*self.by, *(["count"] if count else [])]
+        self.layout: list[tuple[str, int]] = [("count", -1)] if count else []
+        for op in _AGGREGATES:
+            for col in self.ops[op]:
+                self.names.append(f"{col}_{op}")
+                self.layout.append((op, self.values.index(col)))
+        self.flags = [sum(_WANT[op] for op in _AGGREGATES if col in self.ops[op]) for col in self.values]
+        self.plan: _Plan | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"by": list(self.by), "count": self.count, **{op: list(v) for op, v in self.ops.items()}}
+
+
+# Specs by their constructor arguments: a window's new Aggregator skips the validation.
+_SPECS: dict[tuple[object, ...], _Spec] = {}
+_SPECS_MAX = 256
+_UNCACHED = object()
+
+
+def _frozen(value: object) -> object:
+    """A hashable stand-in for a ``by``/aggregate argument, ``_UNCACHED`` for an unusual one."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) is list or type(value) is tuple:
+        for item in value:
+            if type(item) is not str:
+                return _UNCACHED
+        return tuple(value)
+    return _UNCACHED
+
+
+def _spec_for(by: Sequence[str] | str, count: bool, given: dict[str, Sequence[str] | str | None]) -> _Spec:
+    """The spec of these constructor arguments: validated the first time, then cached.
+
+    Only plain arguments (strings, lists or tuples of strings, None, a bool
+    ``count``) are cached; the key keeps their exact values, so arguments that
+    validation rejects never find a cached spec.
+    """
+    key = (_frozen(by), count, *[_frozen(given[op]) for op in _AGGREGATES])
+    if type(count) is not bool or _UNCACHED in key:
+        return _Spec(by, count, given)
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = _Spec(by, count, given)
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec
+
+
 class Aggregator:
     """Per-group count, sum, min, max and mean over Arrow record batches, natively.
 
@@ -147,7 +233,7 @@ class Aggregator:
     [{'user': 'a', 'count': 2, 'value_sum': 4}, {'user': 'b', 'count': 1, 'value_sum': 2}]
     """
 
-    __slots__ = ("_by", "_count", "_layout", "_names", "_ops", "_plan", "_table", "_values")
+    __slots__ = ("_plan", "_s", "_table")
 
     def __init__(
         self,
@@ -159,50 +245,20 @@ class Aggregator:
         max: Sequence[str] | str | None = None,
         mean: Sequence[str] | str | None = None,
     ) -> None:
-        self._by = _names("by", by, allow_empty=False)
-        if not isinstance(count, bool):
-            raise ConfigError("count", count, "True or False")
-        self._count = count
-        given = {"sum": sum, "min": min, "max": max, "mean": mean}
-        self._ops = {op: _names(op, given[op], allow_empty=True) for op in _AGGREGATES}
-        # Output names must not collide with each other or with a key column.
-        seen = set(self._by)
-        for option, name in [("count", "count")] * count + [
-            (op, f"{col}_{op}") for op in _AGGREGATES for col in self._ops[op]
-        ]:
-            if name in seen:
-                raise ConfigError(
-                    option,
-                    given.get(option, count),
-                    f"no output column named like another: {name!r}",
-                )
-            seen.add(name)
-        self._values: list[str] = []
-        for op in _AGGREGATES:
-            self._values += [col for col in self._ops[op] if col not in self._values]
-        # The result's column names and, after the keys, its (op, value column) layout.
-        self._names: list[str] = [*self._by, *(["count"] if count else [])]
-        self._layout: list[tuple[str, int]] = [("count", -1)] if count else []
-        for op in _AGGREGATES:
-            for col in self._ops[op]:
-                self._names.append(f"{col}_{op}")
-                self._layout.append((op, self._values.index(col)))
+        self._s = _spec_for(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
         self._plan: _Plan | None = None
         self._table: _aggregate.GroupTable | None = None
 
     # --- spec -------------------------------------------------------------------------
 
     def _spec(self) -> dict[str, Any]:
-        return {
-            "by": list(self._by),
-            "count": self._count,
-            **{op: list(v) for op, v in self._ops.items()},
-        }
+        return self._s.as_dict()
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{op}={cols!r}" for op, cols in self._ops.items() if cols)
+        spec = self._s
+        options = ", ".join(f"{op}={cols!r}" for op, cols in spec.ops.items() if cols)
         return (
-            f"Aggregator(by={self._by!r}, count={self._count!r}"
+            f"Aggregator(by={spec.by!r}, count={spec.count!r}"
             + (f", {options}" if options else "")
             + f") with {len(self)} groups"
         )
@@ -215,15 +271,17 @@ class Aggregator:
         return (Aggregator.from_state, (self.to_state(),))
 
     def copy(self) -> Aggregator:
-        """An independent copy: a plain copy of the native arrays, no rehashing.
+        """An independent copy, in constant time: the groups are shared copy-on-write.
 
         This is what a tumbling window's state uses: every invocation works on a
-        private copy, committed only when the invocation succeeds.
+        private copy, committed only when the invocation succeeds. The copy takes
+        over appending groups in place; the first of the two to change copies the
+        accumulators it changes, and this aggregator, if it is updated again while
+        the copy lives, first copies the groups it has (what a copy used to cost).
         """
         twin = Aggregator.__new__(Aggregator)
-        # The spec, the layout and the plan are never mutated in place: share them.
-        twin._by, twin._count, twin._ops, twin._values = self._by, self._count, self._ops, self._values
-        twin._names, twin._layout, twin._plan = self._names, self._layout, self._plan
+        # The spec and the plan are never mutated in place: share them.
+        twin._s, twin._plan = self._s, self._plan
         table = self._table
         twin._table = None if table is None else table.copy()
         return twin
@@ -244,12 +302,14 @@ class Aggregator:
     def _bind(self, key_types: list[pa.DataType], value_types: list[pa.DataType]) -> _aggregate.GroupTable:
         """The group table, created on the first types seen; later types must match."""
         table = self._table
+        spec = self._s
         if table is None:
-            flags = [sum(_WANT[op] for op in _AGGREGATES if col in self._ops[op]) for col in self._values]
-            table = _aggregate.GroupTable(self._by, list(key_types), self._values, list(value_types), flags)
+            table = _aggregate.GroupTable(
+                spec.by, list(key_types), spec.values, list(value_types), spec.flags
+            )
             self._table = table
             return table
-        names = self._by + self._values
+        names = spec.by + spec.values
         for name, held, dtype in zip(names, table.input_types(), [*key_types, *value_types], strict=True):
             if not held.equals(dtype):
                 msg = f"column {name!r} has type {dtype}, but this aggregator holds {held} for it"
@@ -259,7 +319,7 @@ class Aggregator:
     def _input_schema(self) -> pa.Schema:
         """Key then value columns with the types held (requires a table)."""
         assert self._table is not None
-        names = self._by + self._values
+        names = self._s.by + self._s.values
         return pa.schema([pa.field(n, t) for n, t in zip(names, self._table.input_types(), strict=True)])
 
     # --- folding ----------------------------------------------------------------------
@@ -302,23 +362,35 @@ class Aggregator:
         for batch in batches:
             self._update_batch(batch)
 
-    def _plan_for(self, schema: pa.Schema) -> tuple[_Plan, _aggregate.GroupTable]:
+    def _plan_for(self, schema: pa.Schema) -> _Plan:
+        """The plan for ``schema`` (made, or the spec's last one reused), the table bound."""
         plan = self._plan
-        if plan is None or not (schema is plan.schema or schema.equals(plan.schema)):
-            plan = _Plan(schema, self._by, self._values)
-            table = self._bind(plan.key_types, plan.value_types)
-            self._plan = plan
-            return plan, table
-        assert self._table is not None
-        return plan, self._table
+        if plan is not None and (schema is plan.schema or schema.equals(plan.schema)):
+            return plan
+        spec = self._s
+        plan = spec.plan
+        if plan is None or not schema.equals(plan.schema):
+            plan = spec.plan = _Plan(schema, spec.by, spec.values)
+        self._bind(plan.key_types, plan.value_types)
+        self._plan = plan
+        return plan
 
     def _update_batch(self, batch: pa.RecordBatch) -> None:
-        plan, table = self._plan_for(batch.schema)
-        column = batch.column
-        keys = [column(i) for i in plan.key_idx]
+        plan = self._plan
+        schema = batch.schema
+        if plan is None or not (schema is plan.schema or schema.equals(plan.schema)):
+            plan = self._plan_for(schema)
+        table = self._table
+        assert table is not None
         if plan.any_fix:
-            keys = [key if fix is None else fix(key) for key, fix in zip(keys, plan.fixes, strict=True)]
-        table.update(keys, [column(i) for i in plan.value_idx])
+            column = batch.column
+            keys = [
+                column(i) if fix is None else fix(column(i))
+                for i, fix in zip(plan.key_idx, plan.fixes, strict=True)
+            ]
+            table.update(keys, [column(i) for i in plan.value_idx])
+        else:
+            table.update_batch(batch, plan.key_idx, plan.value_idx)
 
     def merge(self, other: Aggregator) -> None:
         """Fold another aggregator's groups into this one (``other`` is unchanged).
@@ -332,14 +404,14 @@ class Aggregator:
         if not isinstance(other, Aggregator):
             msg = f"other must be an Aggregator, got {type(other).__name__}"
             raise TypeError(msg)
-        if other._spec() != self._spec():
+        if other._s is not self._s and other._spec() != self._spec():
             msg = f"cannot merge aggregators with different specs: {other!r} into {self!r}"
             raise ValueError(msg)
         source = other._table
         if source is None:
             return
         types = source.input_types()
-        n_keys = len(self._by)
+        n_keys = len(self._s.by)
         table = self._bind(types[:n_keys], types[n_keys:])
         table.merge_state(source.state_columns())
 
@@ -360,16 +432,18 @@ class Aggregator:
         null. The returned table owns its memory.
         """
         table = self._table
+        spec = self._s
         if table is not None:
-            batch = table.result_batch(self._names, self._layout)
-            # Not Table.from_batches: it releases the GIL, and with other Python
-            # threads running, getting it back can take a whole switch interval (5 ms).
-            return pa.Table.from_arrays(batch.columns, schema=batch.schema)
-        arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in self._by]
-        for op, _ in self._layout:
+            # One batch imported through the C Data Interface, wrapped as a table.
+            # Both steps give the GIL up for a moment (pyarrow imports and validates
+            # without it; every Table constructor validates), as did the columns +
+            # Table.from_arrays this replaced, at four times the cost.
+            return pa.Table.from_batches([table.result_batch(spec.names, spec.layout)])
+        arrays: list[pa.Array] = [pa.array([], pa.null()) for _ in spec.by]
+        for op, _ in spec.layout:
             dtype = pa.int64() if op == "count" else pa.float64() if op == "mean" else pa.null()
             arrays.append(pa.array([], dtype))
-        return pa.Table.from_arrays(arrays, names=self._names)
+        return pa.Table.from_arrays(arrays, names=spec.names)
 
     def to_state(self) -> bytes:
         """The partial state as Arrow IPC stream bytes, for ``from_state``.
@@ -426,7 +500,7 @@ class Aggregator:
                 raise ValueError("data is not an Aggregator state: columns without their types")
             return agg
         inputs = pa.ipc.read_schema(pa.py_buffer(metadata[_INPUT_KEY]))
-        n_keys = len(agg._by)
+        n_keys = len(agg._s.by)
         state = agg._bind(inputs.types[:n_keys], inputs.types[n_keys:])
         if not table.schema.remove_metadata().equals(state.state_schema()):
             raise ValueError("data is not an Aggregator state: its columns do not fit its spec")
