@@ -25,6 +25,9 @@ COVERAGE = os.environ.get("STREAMCORE_COVERAGE") == "1"
 
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
 link_args: list[str] = []
+# _arrow runs per-record loops on a helper thread (pthreads); gcc and clang take -pthread.
+compile_args += ["-pthread"]
+link_args += ["-pthread"]
 macros = []
 if SANITIZE:
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]

@@ -1,4 +1,4 @@
-"""Reading and building Arrow buffers without libarrow.
+"""Reading and building Arrow buffers without libarrow, and the two-thread task runner.
 
 ``row_nbytes``: per-record byte sizes of a record batch. The dispatcher cuts
 batches at ``max_batch_bytes``; a record's size is the sum, over every column,
@@ -7,12 +7,22 @@ offset width plus its value's length. Validity bitmaps are not counted.
 Nested columns count their average bytes per row.
 
 ``gather``: the columns of a put reordered by the shard grouping, in one call
-with the GIL released (what ``MemoryStream.put`` spends most of its time on).
+(what ``MemoryStream.put`` spends most of its time on).
+
+``run_tasks`` (cimported by ``_hashing`` and ``_partition``): the per-record
+loops of a large put (hash, partition, gather) run on two threads, the caller
+and one helper thread; ``parallel_config`` sets how many threads and from how
+many rows.
 """
+
+import os
 
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+from posix.signal cimport SIG_SETMASK, sigfillset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.types cimport sigset_t
 
 import pyarrow as pa
 
@@ -33,9 +43,317 @@ cdef const uint8_t* input_address(object buf) except NULL:
         return &_EMPTY
     return <const uint8_t*><uintptr_t>buf.address
 
-_VAR32 = (pa.binary(), pa.utf8())
-_VAR64 = (pa.large_binary(), pa.large_utf8())
 
+# -- the task runner ---------------------------------------------------------------
+#
+# One helper thread, one job at a time (a second concurrent call runs its tasks on
+# its own thread). All state is changed under _pool_lock; tasks run without it.
+#
+# Waking a sleeping thread takes tens of microseconds here (hundreds on a busy
+# virtual machine), as long as a task. So each side spins a little before it
+# sleeps: the helper for _IDLE_SPIN_NS after a job (a put makes four jobs within
+# a few tens of microseconds; the spin yields the CPU to any other runnable
+# thread, so it does not hold up a Python thread on a busy CPU), and a caller done
+# with its tasks for _WAIT_SPIN_NS while the helper finishes its last one. The
+# spins only read (atomically) what the lock guards, to know when to take it.
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_t:
+        pass
+    ctypedef struct pthread_attr_t:
+        pass
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_condattr_t:
+        pass
+    int pthread_create(
+        pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*) noexcept nogil, void* arg
+    )
+    int pthread_detach(pthread_t thread)
+    int pthread_mutex_init(pthread_mutex_t* mutex, const pthread_mutexattr_t* attr)
+    int pthread_mutex_lock(pthread_mutex_t* mutex)
+    int pthread_mutex_unlock(pthread_mutex_t* mutex)
+    int pthread_cond_init(pthread_cond_t* cond, const pthread_condattr_t* attr)
+    int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
+    int pthread_cond_signal(pthread_cond_t* cond)
+    int pthread_sigmask(int how, const sigset_t* set, sigset_t* old)
+    int pthread_atfork(
+        void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil, void (*child)() noexcept nogil
+    )
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
+cdef extern from *:
+    """
+    #if defined(__x86_64__) || defined(__i386__)
+    #define SC_CPU_RELAX() __builtin_ia32_pause()
+    #elif defined(__aarch64__) || defined(__arm__)
+    #define SC_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+    #else
+    #define SC_CPU_RELAX() ((void)0)
+    #endif
+    #define SC_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define SC_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    """
+    void SC_CPU_RELAX() noexcept nogil
+    uint64_t SC_LOAD_U64 "SC_LOAD"(const uint64_t* p) noexcept nogil
+    int SC_LOAD_INT "SC_LOAD"(const int* p) noexcept nogil
+    void SC_STORE_U64 "SC_STORE"(uint64_t* p, uint64_t v) noexcept nogil
+    void SC_STORE_INT "SC_STORE"(int* p, int v) noexcept nogil
+
+
+cdef enum:
+    _IDLE_SPIN_NS = 100_000
+    _WAIT_SPIN_NS = 1_000_000
+
+
+cdef pthread_mutex_t _pool_lock
+cdef pthread_cond_t _job_posted  # the helper waits here for a job
+cdef pthread_cond_t _helper_idle  # a caller waits here for the helper's last task
+cdef int _helper = 0  # 0: not started, 1: running, -1: could not be started
+cdef bint _busy = False  # a call is running its tasks with the helper
+cdef int _helper_working = 0  # the helper has taken up the current job (atomic)
+cdef uint64_t _job_id = 0  # bumped for every job, so the helper takes each one once (atomic)
+cdef task_fn _job_fn = NULL
+cdef void* _job_ctx = NULL
+cdef Py_ssize_t _job_tasks = 0
+cdef Py_ssize_t _job_next = 0  # the next task to hand out
+cdef uint64_t _helper_ran = 0  # tasks the helper has run (for tests)
+# Set once at import and by parallel_config (read without the lock: a call that
+# races with a change runs either way).
+cdef int _threads = 1
+cdef Py_ssize_t _min_rows = 16384
+
+
+cdef int64_t _now_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1_000_000_000 + t.tv_nsec
+
+
+cdef void _spin_while_job(uint64_t seen, int64_t limit_ns) noexcept nogil:
+    """Spin while no job after `seen` is posted, for at most limit_ns."""
+    cdef int64_t until = _now_ns() + limit_ns
+    cdef int i
+    while SC_LOAD_U64(&_job_id) == seen:
+        for i in range(64):
+            SC_CPU_RELAX()
+        if _now_ns() > until:
+            return
+        sched_yield()
+
+
+cdef void _spin_while_working(int64_t limit_ns) noexcept nogil:
+    """Spin while the helper runs a task of the current job, for at most limit_ns."""
+    cdef int64_t until = _now_ns() + limit_ns
+    while SC_LOAD_INT(&_helper_working):
+        SC_CPU_RELAX()
+        if _now_ns() > until:
+            return
+
+
+cdef void _reset_pool() noexcept nogil:
+    global _helper, _busy, _helper_working, _job_fn, _job_ctx, _job_tasks, _job_next
+    pthread_mutex_init(&_pool_lock, NULL)
+    pthread_cond_init(&_job_posted, NULL)
+    pthread_cond_init(&_helper_idle, NULL)
+    _helper = 0
+    _busy = False
+    SC_STORE_INT(&_helper_working, 0)
+    _job_fn = NULL
+    _job_ctx = NULL
+    _job_tasks = 0
+    _job_next = 0
+
+
+# fork(): the prepare handler waits until no thread is inside the lock, so the
+# child's copy of the state is whole; the child has no helper thread, so it starts
+# over with fresh locks and starts a helper on first use.
+cdef void _before_fork() noexcept nogil:
+    pthread_mutex_lock(&_pool_lock)
+
+
+cdef void _after_fork_in_parent() noexcept nogil:
+    pthread_mutex_unlock(&_pool_lock)
+
+
+cdef void _after_fork_in_child() noexcept nogil:
+    _reset_pool()
+
+
+cdef void* _helper_main(void* arg) noexcept nogil:
+    global _job_next, _helper_ran
+    cdef uint64_t seen = 0
+    cdef Py_ssize_t task
+    cdef task_fn fn
+    cdef void* ctx
+    pthread_mutex_lock(&_pool_lock)
+    while True:
+        if _job_id == seen:
+            pthread_mutex_unlock(&_pool_lock)
+            _spin_while_job(seen, _IDLE_SPIN_NS)
+            pthread_mutex_lock(&_pool_lock)
+            while _job_id == seen:
+                pthread_cond_wait(&_job_posted, &_pool_lock)
+        seen = _job_id
+        SC_STORE_INT(&_helper_working, 1)
+        while _job_next < _job_tasks:
+            task = _job_next
+            _job_next += 1
+            fn = _job_fn
+            ctx = _job_ctx
+            pthread_mutex_unlock(&_pool_lock)
+            fn(ctx, task)
+            pthread_mutex_lock(&_pool_lock)
+            _helper_ran += 1
+        SC_STORE_INT(&_helper_working, 0)
+        pthread_cond_signal(&_helper_idle)
+    return NULL
+
+
+cdef bint _start_helper_locked() noexcept nogil:
+    global _helper
+    cdef pthread_t thread
+    cdef sigset_t blocked, old
+    if _helper == 0:
+        # The helper inherits this thread's signal mask: with every signal blocked,
+        # no signal (SIGINT included) is ever delivered to it.
+        sigfillset(&blocked)
+        pthread_sigmask(SIG_SETMASK, &blocked, &old)
+        if pthread_create(&thread, NULL, _helper_main, NULL) == 0:
+            pthread_detach(thread)
+            _helper = 1
+        else:
+            _helper = -1
+        pthread_sigmask(SIG_SETMASK, &old, NULL)
+    return _helper == 1
+
+
+cdef void run_tasks(task_fn fn, void* ctx, Py_ssize_t n_tasks) noexcept nogil:
+    global _busy, _job_fn, _job_ctx, _job_tasks, _job_next
+    cdef Py_ssize_t task
+    if n_tasks > 1 and _threads > 1:
+        pthread_mutex_lock(&_pool_lock)
+        if not _busy and _start_helper_locked():
+            _busy = True
+            _job_fn = fn
+            _job_ctx = ctx
+            _job_tasks = n_tasks
+            _job_next = 0
+            SC_STORE_U64(&_job_id, _job_id + 1)
+            pthread_cond_signal(&_job_posted)
+            while _job_next < _job_tasks:
+                task = _job_next
+                _job_next += 1
+                pthread_mutex_unlock(&_pool_lock)
+                fn(ctx, task)
+                pthread_mutex_lock(&_pool_lock)
+            # Every task is handed out; wait for the one the helper may be running.
+            while _helper_working:
+                pthread_mutex_unlock(&_pool_lock)
+                _spin_while_working(_WAIT_SPIN_NS)
+                pthread_mutex_lock(&_pool_lock)
+                if _helper_working:
+                    pthread_cond_wait(&_helper_idle, &_pool_lock)
+            _job_fn = NULL
+            _job_ctx = NULL
+            _job_tasks = 0
+            _job_next = 0
+            _busy = False
+            pthread_mutex_unlock(&_pool_lock)
+            return
+        pthread_mutex_unlock(&_pool_lock)
+    for task in range(n_tasks):
+        fn(ctx, task)
+
+
+cdef void run_tasks_gil(task_fn fn, void* ctx, Py_ssize_t n_tasks, Py_ssize_t n_rows) noexcept:
+    if n_rows >= NOGIL_ROWS:
+        with nogil:
+            run_tasks(fn, ctx, n_tasks)
+    else:
+        run_tasks(fn, ctx, n_tasks)
+
+
+cdef bint parallel_rows(Py_ssize_t n) noexcept nogil:
+    return _threads > 1 and n >= _min_rows
+
+
+cdef enum:
+    _TASK_ROWS = 4096
+
+
+cdef Py_ssize_t tasks_for(Py_ssize_t n) noexcept nogil:
+    if not parallel_rows(n):
+        return 1
+    return max(2, (n + _TASK_ROWS - 1) // _TASK_ROWS)
+
+
+def _available_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_reset_pool()
+pthread_atfork(_before_fork, _after_fork_in_parent, _after_fork_in_child)
+_threads = 2 if _available_cpus() >= 2 else 1
+
+
+def parallel_config(threads=None, min_rows=None):
+    """Set how the per-record loops of large calls use threads; returns the previous ``(threads, min_rows)``.
+
+    ``_hashing.hash_array``, ``_partition.partition`` and ``assign``, and
+    ``gather`` (what ``MemoryStream.put`` runs) split a call over at least
+    ``min_rows`` rows (default 16384) into tasks that ``threads`` threads take
+    in turn: the calling thread and one helper thread. The default is 2 when
+    the process may run on two CPUs or more, else 1. Results are the same
+    either way. Independently, loops over 65536 rows or more release the GIL.
+
+    Parameters
+    ----------
+    threads : {1, 2}, optional
+        1 runs everything on the calling thread.
+    min_rows : int, optional
+        The fewest rows a call splits across threads (>= 1).
+
+    Returns
+    -------
+    tuple of (int, int)
+        The settings before this call.
+    """
+    global _threads, _min_rows
+    previous = (_threads, _min_rows)
+    if threads is not None and threads not in (1, 2):
+        raise ValueError(f"threads={threads!r} is invalid: expected 1 or 2")
+    if min_rows is not None and (not isinstance(min_rows, int) or min_rows < 1):
+        raise ValueError(f"min_rows={min_rows!r} is invalid: expected an integer >= 1")
+    if threads is not None:
+        _threads = threads
+    if min_rows is not None:
+        _min_rows = min_rows
+    return previous
+
+
+def helper_tasks():
+    """How many tasks the helper thread has run since import (it takes those the caller has not)."""
+    cdef uint64_t ran
+    with nogil:
+        pthread_mutex_lock(&_pool_lock)
+        ran = _helper_ran
+        pthread_mutex_unlock(&_pool_lock)
+    return ran
+
+
+# -- row sizes, seqs ----------------------------------------------------------------
 
 cdef void _add_var32(uint32_t* out, const int32_t* offsets, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
@@ -55,6 +373,31 @@ cdef void _add_const(uint32_t* out, uint32_t value, Py_ssize_t n) noexcept nogil
         out[i] += value
 
 
+cdef struct _Sizes:
+    uint32_t* out
+    Py_ssize_t n
+    uint32_t fixed  # bytes every record has: fixed widths, var-length columns without offsets
+    Py_ssize_t n_var
+    const uint8_t** offsets  # offsets of each var-length column, at its first row
+    bint* wide  # whether those offsets are int64
+
+
+cdef void _fill_sizes(const _Sizes* z) noexcept nogil:
+    # Block by block, so that each block of `out` stays in cache across the columns.
+    cdef Py_ssize_t i, c, lo, m
+    cdef uint32_t* out
+    for lo in range(0, z.n, 4096):
+        m = min(z.n - lo, 4096)
+        out = z.out + lo
+        for i in range(m):
+            out[i] = z.fixed
+        for c in range(z.n_var):
+            if z.wide[c]:
+                _add_var64(out, (<const int64_t*>z.offsets[c]) + lo, m)
+            else:
+                _add_var32(out, (<const int32_t*>z.offsets[c]) + lo, m)
+
+
 def row_nbytes(batch, groups=None):
     """Per-record byte sizes of a ``pyarrow.RecordBatch`` as a ``uint32`` array.
 
@@ -63,55 +406,82 @@ def row_nbytes(batch, groups=None):
     per slice, so the result equals ``row_nbytes`` of each slice, concatenated.
     """
     cdef Py_ssize_t n = batch.num_rows
-    cdef uint32_t fixed = 0
     cdef Py_ssize_t start, count
+    cdef Py_ssize_t n_cols = batch.num_columns
+    cdef _Sizes z
     if groups is not None and sum(groups) != n:
         raise ValueError(f"groups add up to {sum(groups)} rows, the batch has {n}")
     out_buf = pa.allocate_buffer(4 * n)
-    cdef uint32_t* out = <uint32_t*>buffer_address(out_buf)
-    cdef const uint8_t* raw
-    cdef Py_ssize_t offset
-    with nogil:
-        memset(out, 0, 4 * n)
-    for column in batch.columns:
-        dtype = column.type
-        if dtype in _VAR32 or dtype in _VAR64:
-            offset = column.offset
-            offsets_buf = column.buffers()[1]
-            raw = buffer_address(offsets_buf)
-            if raw == NULL:  # an all-null or empty column may have no offsets buffer
-                fixed += 4 if dtype in _VAR32 else 8
+    z.out = <uint32_t*>buffer_address(out_buf)
+    z.n = n
+    z.fixed = 0
+    z.n_var = 0
+    z.offsets = <const uint8_t**>malloc(max(n_cols, 1) * sizeof(uint8_t*))
+    z.wide = <bint*>malloc(max(n_cols, 1) * sizeof(bint))
+    nested = []  # columns of no fixed width, sized per row by their average
+    try:
+        if z.offsets == NULL or z.wide == NULL:
+            raise MemoryError()
+        for column in batch.columns:
+            layout, width = _layout(column.type)
+            if layout == LAYOUT_VAR32 or layout == LAYOUT_VAR64:
+                z.wide[z.n_var] = layout == LAYOUT_VAR64
+                raw = buffer_address(column.buffers()[1])
+                if raw == NULL:  # an all-null or empty column may have no offsets buffer
+                    z.fixed += 8 if z.wide[z.n_var] else 4
+                    continue
+                # `batch` keeps the offsets alive.
+                z.offsets[z.n_var] = raw + (8 if z.wide[z.n_var] else 4) * <Py_ssize_t>column.offset
+                z.n_var += 1
                 continue
-            if dtype in _VAR32:
-                with nogil:
-                    _add_var32(out, (<const int32_t*>raw) + offset, n)
-            else:
-                with nogil:
-                    _add_var64(out, (<const int64_t*>raw) + offset, n)
-            continue
-        try:
-            width = dtype.bit_width
-        except ValueError:
-            width = 0
-        if width:
-            fixed += max(1, width // 8)
-        elif groups is not None:
-            start = 0
-            for count in groups:
-                if count:
-                    _add_const(out + start, (column.slice(start, count).nbytes + count - 1) // count, count)
-                start += count
-        elif n:
-            fixed += (column.nbytes + n - 1) // n
-    if fixed:
-        with nogil:
-            _add_const(out, fixed, n)
+            if layout == LAYOUT_FIXED:
+                z.fixed += width
+                continue
+            if layout == LAYOUT_BITS:
+                z.fixed += 1
+                continue
+            try:
+                width = column.type.bit_width
+            except ValueError:
+                width = 0
+            if width:
+                z.fixed += max(1, width // 8)
+            elif groups is not None:
+                nested.append(column)
+            elif n:
+                z.fixed += (column.nbytes + n - 1) // n
+        if n >= NOGIL_ROWS:
+            with nogil:
+                _fill_sizes(&z)
+        else:
+            _fill_sizes(&z)
+    finally:
+        free(z.offsets)
+        free(z.wide)
+    for column in nested:
+        start = 0
+        for count in groups:
+            if count:
+                _add_const(z.out + start, (column.slice(start, count).nbytes + count - 1) // count, count)
+            start += count
     return pa.Array.from_buffers(pa.uint32(), n, [None, out_buf])
 
 
 def sequence(uint64_t first, Py_ssize_t n):
     """``first, first + 1, ..., first + n - 1`` as a uint64 array."""
     return ranges([first], [n])
+
+
+cdef void _fill_ranges(
+    uint64_t* out, const uint64_t* firsts, const Py_ssize_t* counts, Py_ssize_t n_groups
+) noexcept nogil:
+    cdef Py_ssize_t g, j
+    cdef uint64_t first
+    for g in range(n_groups):
+        first = firsts[g]
+        for j in range(counts[g]):
+            out[j] = first + <uint64_t>j
+        out += counts[g]
 
 
 def ranges(firsts, counts):
@@ -122,23 +492,36 @@ def ranges(firsts, counts):
     cdef Py_ssize_t n_groups = len(counts)
     if len(firsts) != n_groups:
         raise ValueError(f"firsts has {len(firsts)} values for {n_groups} counts")
-    cdef Py_ssize_t n = 0, g, j, count
-    for g in range(n_groups):
-        count = counts[g]
-        if count < 0:
-            raise ValueError(f"counts[{g}] is {count}, expected >= 0")
-        n += count
-    buf = pa.allocate_buffer(8 * n)
-    cdef uint64_t* out = <uint64_t*>buffer_address(buf)
-    cdef uint64_t first
-    for g in range(n_groups):
-        first = firsts[g]
-        count = counts[g]
-        with nogil:
-            for j in range(count):
-                out[j] = first + <uint64_t>j
-        out += count
+    cdef Py_ssize_t n = 0, g
+    cdef uint64_t* c_firsts = <uint64_t*>malloc(max(n_groups, 1) * sizeof(uint64_t))
+    cdef Py_ssize_t* c_counts = <Py_ssize_t*>malloc(max(n_groups, 1) * sizeof(Py_ssize_t))
+    cdef uint64_t* out
+    try:
+        if c_firsts == NULL or c_counts == NULL:
+            raise MemoryError()
+        for g in range(n_groups):
+            c_counts[g] = counts[g]
+            if c_counts[g] < 0:
+                raise ValueError(f"counts[{g}] is {c_counts[g]}, expected >= 0")
+            c_firsts[g] = firsts[g]
+            n += c_counts[g]
+        buf = pa.allocate_buffer(8 * n)
+        out = <uint64_t*>buffer_address(buf)
+        if n >= NOGIL_ROWS:
+            with nogil:
+                _fill_ranges(out, c_firsts, c_counts, n_groups)
+        else:
+            _fill_ranges(out, c_firsts, c_counts, n_groups)
+    finally:
+        free(c_firsts)
+        free(c_counts)
     return pa.Array.from_buffers(pa.uint64(), n, [None, buf])
+
+
+cdef void _fill64(int64_t* out, int64_t value, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = value
 
 
 def repeat64(int64_t value, Py_ssize_t n, dtype):
@@ -153,10 +536,11 @@ def repeat64(int64_t value, Py_ssize_t n, dtype):
         raise TypeError(f"dtype must be a 64-bit fixed-width type, got {dtype}")
     buf = pa.allocate_buffer(8 * n)
     cdef int64_t* out = <int64_t*>buffer_address(buf)
-    cdef Py_ssize_t i
-    with nogil:
-        for i in range(n):
-            out[i] = value
+    if n >= NOGIL_ROWS:
+        with nogil:
+            _fill64(out, value, n)
+    else:
+        _fill64(out, value, n)
     return pa.Array.from_buffers(dtype, n, [None, buf])
 
 
@@ -177,12 +561,24 @@ def scatter_sequences(order, starts, counts):
     return scatter_groups(order, starts, counts, [0] * len(counts))[1]
 
 
+cdef void _scatter_group(
+    const int64_t* perm, Py_ssize_t count, uint64_t first, int64_t group_id,
+    uint64_t* out_seq, int64_t* out_id,
+) noexcept nogil:
+    cdef Py_ssize_t j, row
+    for j in range(count):
+        row = perm[j]
+        out_seq[row] = first + <uint64_t>j
+        out_id[row] = group_id
+
+
 def scatter_groups(order, starts, counts, ids):
     """Group id (int64) and seq (uint64) of every input row, in input order, after a grouping.
 
     ``order`` is the stable permutation from ``_partition.partition``; group
     ``g`` holds ``counts[g]`` rows, whose id is ``ids[g]`` and whose seqs start
-    at ``starts[g]``: what ``put`` returns (shard and seq of every row).
+    at ``starts[g]``: shard and seq of every row (``_partition.assign`` makes
+    them in its own pass).
     """
     cdef Py_ssize_t n = len(order)
     cdef Py_ssize_t n_groups = len(counts)
@@ -196,7 +592,7 @@ def scatter_groups(order, starts, counts, ids):
     seq_buf = pa.allocate_buffer(8 * n)
     cdef int64_t* out_id = <int64_t*>buffer_address(id_buf)
     cdef uint64_t* out_seq = <uint64_t*>buffer_address(seq_buf)
-    cdef Py_ssize_t pos = 0, j, g, row
+    cdef Py_ssize_t pos = 0, g
     cdef uint64_t first
     cdef int64_t group_id
     cdef Py_ssize_t count
@@ -204,11 +600,11 @@ def scatter_groups(order, starts, counts, ids):
         first = starts[g]
         group_id = ids[g]
         count = counts[g]
-        with nogil:
-            for j in range(count):
-                row = perm[pos + j]
-                out_seq[row] = first + <uint64_t>j
-                out_id[row] = group_id
+        if count >= NOGIL_ROWS:
+            with nogil:
+                _scatter_group(perm + pos, count, first, group_id, out_seq, out_id)
+        else:
+            _scatter_group(perm + pos, count, first, group_id, out_seq, out_id)
         pos += count
     return (
         pa.Array.from_buffers(pa.int64(), n, [None, id_buf]),
@@ -217,6 +613,14 @@ def scatter_groups(order, starts, counts, ids):
 
 
 # -- gather ------------------------------------------------------------------------
+#
+# Each column is gathered in two parts, each a task of run_tasks: part 0 the output
+# rows [0, split), part 1 the rows [split, n); split is a multiple of 8, so each
+# part writes whole bytes of the bitmaps. Without threads split is n (part 1 has
+# no rows). A var-length column's part 0 writes its bytes forwards from the start
+# of the output and part 1 backwards from its end (a permutation moves exactly the
+# input's bytes), so neither needs to know where the other's bytes begin; they
+# must meet, which also checks that `order` moved exactly the input's bytes.
 
 cdef enum _Layout:
     LAYOUT_NONE = 0  # not gathered natively: pyarrow's take
@@ -238,7 +642,18 @@ cdef struct _Job:
     uint8_t* out_validity
     uint8_t* out_values
     uint8_t* out_data
-    bint overflow  # the var-length values did not fit: order is not a permutation
+    # Var-length: where part 0's bytes end and where part 1's begin; -1 when a
+    # part's values did not fit (order is not a permutation).
+    int64_t part_end
+    int64_t part_start
+
+
+cdef struct _Gather:
+    _Job* jobs
+    Py_ssize_t n_jobs
+    const int64_t* perm
+    Py_ssize_t n
+    Py_ssize_t split
 
 
 ctypedef struct _Word16:
@@ -319,69 +734,150 @@ cdef enum:
     _SLACK = 16
 
 
-cdef bint _gather_var(
+cdef inline int64_t _length(const _offset_t* offsets, int64_t j) noexcept nogil:
+    return offsets[j + 1] - offsets[j]
+
+
+cdef int64_t _gather_var_forward(
     const _offset_t* offsets,
     const uint8_t* data,
     int64_t data_size,
     const int64_t* perm,
-    Py_ssize_t n,
+    Py_ssize_t lo,
+    Py_ssize_t hi,
+    bint bounded,
     _offset_t* out_offsets,
     uint8_t* out_data,
     int64_t capacity,
 ) noexcept nogil:
-    """Offsets and bytes of the gathered values; False if they do not fit in ``capacity``."""
-    cdef Py_ssize_t i
-    cdef int64_t j, start, length, pos = 0
-    out_offsets[0] = 0
-    for i in range(n):
+    """Rows [lo, hi) written from byte 0 on; where they end, or -1 if they do not fit in ``capacity``.
+
+    ``bounded``: other bytes follow these (part 1's), so no copy may write past
+    the last value.
+    """
+    cdef Py_ssize_t i, exact_from = hi
+    cdef int64_t j, start, length, pos = 0, tail = 0
+    if bounded:
+        # Values of the last rows, less than 16 bytes before the end, are copied exactly.
+        while exact_from > lo and tail < 16:
+            exact_from -= 1
+            tail += _length(offsets, perm[exact_from])
+        if tail >= 16:
+            exact_from += 1
+    out_offsets[lo] = 0
+    for i in range(lo, hi):
         j = perm[i]
         start = offsets[j]
         length = offsets[j + 1] - start
         # Unsigned: a negative length (corrupt offsets) fails too.
         if <uint64_t>length > <uint64_t>(capacity - pos):
-            return False
+            return -1
         # Values of varying short lengths would mispredict the size branches of
         # _copy_value; one 16-byte copy does not branch (the bytes written past
         # the value are overwritten by the next one, or land in the slack).
-        if length <= 16 and start + 16 <= data_size:
+        if length <= 16 and start + 16 <= data_size and i < exact_from:
             memcpy(out_data + pos, data + start, 16)
         else:
             _copy_value(out_data + pos, data + start, <size_t>length)
         pos += length
         out_offsets[i + 1] = <_offset_t>pos
-    return True
+    return pos
 
 
-cdef void _run_job(_Job* job, const int64_t* perm, Py_ssize_t n) noexcept nogil:
+cdef int64_t _gather_var_backward(
+    const _offset_t* offsets,
+    const uint8_t* data,
+    const int64_t* perm,
+    Py_ssize_t lo,
+    Py_ssize_t hi,
+    _offset_t* out_offsets,
+    uint8_t* out_data,
+    int64_t capacity,
+) noexcept nogil:
+    """Rows [lo, hi) written backwards from byte ``capacity``; where they begin, or -1 if they do not fit.
+
+    Writes ``out_offsets[lo + 1 .. hi]``; ``out_offsets[lo]`` is part 0's end.
+    """
+    cdef Py_ssize_t i, block_from = lo
+    cdef int64_t j, end, length, pos = capacity, head = 0
+    # A short value is copied as the 16 bytes that end where it ends, when at
+    # least 16 bytes of this part's values lie before that end (rows >= block_from).
+    while block_from < hi:
+        head += _length(offsets, perm[block_from])
+        if head >= 16:
+            break
+        block_from += 1
+    for i in range(hi - 1, lo - 1, -1):
+        j = perm[i]
+        end = offsets[j + 1]
+        length = end - offsets[j]
+        if <uint64_t>length > <uint64_t>pos:
+            return -1
+        out_offsets[i + 1] = <_offset_t>pos
+        if length <= 16 and i >= block_from and end >= 16 and pos >= 16:
+            memcpy(out_data + pos - 16, data + end - 16, 16)
+        else:
+            _copy_value(out_data + pos - length, data + end - length, <size_t>length)
+        pos -= length
+    return pos
+
+
+cdef void _run_job(
+    _Job* job, const int64_t* perm, Py_ssize_t lo, Py_ssize_t hi, bint forward, bint bounded
+) noexcept nogil:
     cdef const uint8_t* src
+    cdef Py_ssize_t n = hi - lo
     if job.validity != NULL:
-        _gather_bits(job.validity, job.offset, perm, n, job.out_validity)
+        _gather_bits(job.validity, job.offset, perm + lo, n, job.out_validity + (lo >> 3))
     if job.layout == LAYOUT_BITS:
-        _gather_bits(job.values, job.offset, perm, n, job.out_values)
+        _gather_bits(job.values, job.offset, perm + lo, n, job.out_values + (lo >> 3))
     elif job.layout == LAYOUT_VAR32:
-        job.overflow = not _gather_var(
-            (<const int32_t*>job.values) + job.offset, job.data, job.data_size, perm, n,
-            <int32_t*>job.out_values, job.out_data, job.capacity,
-        )
+        if forward:
+            job.part_end = _gather_var_forward(
+                (<const int32_t*>job.values) + job.offset, job.data, job.data_size, perm, lo, hi, bounded,
+                <int32_t*>job.out_values, job.out_data, job.capacity,
+            )
+        else:
+            job.part_start = _gather_var_backward(
+                (<const int32_t*>job.values) + job.offset, job.data, perm, lo, hi,
+                <int32_t*>job.out_values, job.out_data, job.capacity,
+            )
     elif job.layout == LAYOUT_VAR64:
-        job.overflow = not _gather_var(
-            (<const int64_t*>job.values) + job.offset, job.data, job.data_size, perm, n,
-            <int64_t*>job.out_values, job.out_data, job.capacity,
-        )
+        if forward:
+            job.part_end = _gather_var_forward(
+                (<const int64_t*>job.values) + job.offset, job.data, job.data_size, perm, lo, hi, bounded,
+                <int64_t*>job.out_values, job.out_data, job.capacity,
+            )
+        else:
+            job.part_start = _gather_var_backward(
+                (<const int64_t*>job.values) + job.offset, job.data, perm, lo, hi,
+                <int64_t*>job.out_values, job.out_data, job.capacity,
+            )
     else:
         src = job.values + job.offset * job.width
+        perm += lo
         if job.width == 8:
-            _gather_words(<const uint64_t*>src, perm, n, <uint64_t*>job.out_values)
+            _gather_words(<const uint64_t*>src, perm, n, (<uint64_t*>job.out_values) + lo)
         elif job.width == 4:
-            _gather_words(<const uint32_t*>src, perm, n, <uint32_t*>job.out_values)
+            _gather_words(<const uint32_t*>src, perm, n, (<uint32_t*>job.out_values) + lo)
         elif job.width == 2:
-            _gather_words(<const uint16_t*>src, perm, n, <uint16_t*>job.out_values)
+            _gather_words(<const uint16_t*>src, perm, n, (<uint16_t*>job.out_values) + lo)
         elif job.width == 1:
-            _gather_words(<const uint8_t*>src, perm, n, <uint8_t*>job.out_values)
+            _gather_words(<const uint8_t*>src, perm, n, (<uint8_t*>job.out_values) + lo)
         elif job.width == 16:
-            _gather_words(<const _Word16*>src, perm, n, <_Word16*>job.out_values)
+            _gather_words(<const _Word16*>src, perm, n, (<_Word16*>job.out_values) + lo)
         else:
-            _gather_wide(src, <size_t>job.width, perm, n, job.out_values)
+            _gather_wide(src, <size_t>job.width, perm, n, job.out_values + lo * job.width)
+
+
+cdef void _gather_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    """Task 2k: part 0 of column k, task 2k + 1: its part 1."""
+    cdef _Gather* g = <_Gather*>ctx
+    cdef _Job* job = &g.jobs[task >> 1]
+    if task & 1 == 0:
+        _run_job(job, g.perm, 0, g.split, True, g.split < g.n)
+    elif g.split < g.n:
+        _run_job(job, g.perm, g.split, g.n, False, False)
 
 
 cdef Py_ssize_t _fixed_width(object dtype) except -1:
@@ -427,8 +923,10 @@ def gather(arrays, order):
         Columns of the same length, sliced or not. Fixed-width primitive types
         (integers, floats, temporal types, decimals, fixed-size binary),
         boolean, utf8, binary and their large variants, with or without nulls,
-        are gathered natively, every column in one pass with the GIL released;
-        other types go through ``Array.take``.
+        are gathered natively, every column in one pass; other types go through
+        ``Array.take``. From ``parallel_config``'s ``min_rows`` rows on, each
+        column is gathered in two halves of its rows, which two threads take
+        in turn; from 65536 rows on, with the GIL released.
     order : pyarrow.Int64Array
         A permutation of ``range(len(order))``, as ``_partition.partition``
         makes. Its values are not bounds-checked (a value out of range reads
@@ -443,7 +941,7 @@ def gather(arrays, order):
     ------
     ValueError
         If a column's length differs from ``order``'s, or the gathered values of
-        a var-length column do not fit its input's bytes (``order`` is not a
+        a var-length column are not exactly its input's bytes (``order`` is not a
         permutation; detected before anything is written out of bounds).
     TypeError
         If ``order`` is not an int64 array without nulls.
@@ -457,8 +955,14 @@ def gather(arrays, order):
     if jobs == NULL:
         raise MemoryError()
     cdef _Job* job
-    cdef Py_ssize_t n_jobs = 0
+    cdef _Gather g
+    cdef Py_ssize_t n_tasks
     cdef int64_t first, last
+    g.jobs = jobs
+    g.n_jobs = 0
+    g.perm = perm
+    g.n = n
+    g.split = (n // 2) & ~(<Py_ssize_t>7) if parallel_rows(n) else n
     try:
         for k in range(n_cols):
             arr = out[k]
@@ -469,7 +973,7 @@ def gather(arrays, order):
                 out[k] = arr.take(order)
                 continue
             buffers = arr.buffers()
-            job = &jobs[n_jobs]
+            job = &jobs[g.n_jobs]
             memset(job, 0, sizeof(_Job))
             job.layout = layout
             job.width = width
@@ -497,17 +1001,23 @@ def gather(arrays, order):
                     first = (<const int64_t*>job.values)[job.offset]
                     last = (<const int64_t*>job.values)[job.offset + n]
                 job.capacity = last - first  # a permutation moves the same bytes
+                job.part_start = job.capacity  # where part 1's bytes begin when it has no rows
                 out_data = pa.allocate_buffer(job.capacity + _SLACK)
                 job.out_data = <uint8_t*>buffer_address(out_data)
             job.out_values = <uint8_t*>buffer_address(out_values)
             # `buffers` keeps the input memory alive until the gather is done.
             native.append((k, arr, buffers, out_validity, out_values, out_data))
-            n_jobs += 1
-        with nogil:
-            for k in range(n_jobs):
-                _run_job(&jobs[k], perm, n)
-        for k in range(n_jobs):
-            if jobs[k].overflow:
+            g.n_jobs += 1
+        if g.split < n:
+            run_tasks_gil(_gather_task, &g, 2 * g.n_jobs, n)
+        else:
+            for k in range(g.n_jobs):
+                _gather_task(&g, 2 * k)
+        for k in range(g.n_jobs):
+            job = &jobs[k]
+            if (job.layout == LAYOUT_VAR32 or job.layout == LAYOUT_VAR64) and (
+                job.part_end < 0 or job.part_end != job.part_start
+            ):
                 index = native[k][0]
                 raise ValueError(f"order is not a permutation: the values of arrays[{index}] do not fit")
     finally:

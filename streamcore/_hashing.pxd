@@ -79,23 +79,37 @@ cdef inline uint64_t xxh64_avalanche(uint64_t h) noexcept nogil:
     return h
 
 
+cdef inline uint64_t xxh64_word(uint64_t h, const uint8_t* p) noexcept nogil:
+    h ^= xxh64_round(0, read_le64(p))
+    return rotl64(h, 27) * 0x9E3779B185EBCA87ULL + 0x85EBCA77C2B2AE63ULL
+
+
+cdef inline uint64_t xxh64_byte(uint64_t h, uint8_t byte) noexcept nogil:
+    h ^= <uint64_t>byte * 0x27D4EB2F165667C5ULL
+    return rotl64(h, 11) * 0x9E3779B185EBCA87ULL
+
+
 cdef inline uint64_t xxh64_finalize(uint64_t h, const uint8_t* p, size_t remaining) noexcept nogil:
-    # Tail of fewer than 32 bytes: 8-byte words, then one 4-byte word, then bytes.
-    while remaining >= 8:
-        h ^= xxh64_round(0, read_le64(p))
-        h = rotl64(h, 27) * 0x9E3779B185EBCA87ULL + 0x85EBCA77C2B2AE63ULL
+    # Tail of fewer than 32 bytes: its 8-byte words, then one 4-byte word, then
+    # bytes. The bits of `remaining` (< 32) give the steps without a loop, whose
+    # counter and exit branch would cost as much as the short keys' hashing.
+    if remaining & 16:
+        h = xxh64_word(h, p)
+        h = xxh64_word(h, p + 8)
+        p += 16
+    if remaining & 8:
+        h = xxh64_word(h, p)
         p += 8
-        remaining -= 8
-    if remaining >= 4:
+    if remaining & 4:
         h ^= <uint64_t>read_le32(p) * 0x9E3779B185EBCA87ULL
         h = rotl64(h, 23) * 0xC2B2AE3D27D4EB4FULL + 0x165667B19E3779F9ULL
         p += 4
-        remaining -= 4
-    while remaining > 0:
-        h ^= <uint64_t>p[0] * 0x27D4EB2F165667C5ULL
-        h = rotl64(h, 11) * 0x9E3779B185EBCA87ULL
-        p += 1
-        remaining -= 1
+    if remaining & 2:
+        h = xxh64_byte(h, p[0])
+        h = xxh64_byte(h, p[1])
+        p += 2
+    if remaining & 1:
+        h = xxh64_byte(h, p[0])
     return xxh64_avalanche(h)
 
 
@@ -128,7 +142,7 @@ cdef inline uint64_t xxh64(const uint8_t* data, size_t length, uint64_t seed) no
     else:
         h = seed + 0x27D4EB2F165667C5ULL
     h += <uint64_t>length
-    return xxh64_finalize(h, p, remaining)
+    return xxh64_finalize(h, p, remaining & 31)
 
 
 cdef inline uint64_t xxh64_u64(uint64_t value, uint64_t seed) noexcept nogil:
@@ -145,7 +159,9 @@ cdef inline uint64_t xxh64_u64(uint64_t value, uint64_t seed) noexcept nogil:
 # Hash every element of a pyarrow Array or ChunkedArray of keys into out[0:len(keys)]
 # (SEMANTICS 0.3: utf8/binary bytes as stored, integers as little-endian int64,
 # dictionaries decoded, views cast). The caller owns `out` and sizes it. Call with
-# the GIL held; the per-element loops release it. Raises InvalidRecordsError for an
+# the GIL held. A chunk of _arrow.parallel_config's min_rows keys or more is hashed
+# on two threads (_arrow.run_tasks), and from _arrow.NOGIL_ROWS keys on with the
+# GIL released. Raises InvalidRecordsError for an
 # unsupported key type or a null key (row = row_base + 0-based row in keys), and
 # TypeError when keys is neither an Array nor a ChunkedArray.
 cdef int hash_array_into(object keys, uint64_t* out, uint64_t seed, int64_t row_base) except -1

@@ -20,7 +20,7 @@ from libc.stdint cimport (
 
 import pyarrow as pa
 
-from streamcore._arrow cimport input_address
+from streamcore._arrow cimport input_address, run_tasks_gil, tasks_for
 from streamcore.errors import InvalidRecordsError
 
 # Inputs at least this long are hashed with the GIL released; below it, releasing
@@ -106,6 +106,16 @@ cdef int _key_kind(object key_type) except -1:
     return kind
 
 
+cdef Py_ssize_t _int_width(int kind) noexcept nogil:
+    if kind == KIND_INT8 or kind == KIND_UINT8:
+        return 1
+    if kind == KIND_INT16 or kind == KIND_UINT16:
+        return 2
+    if kind == KIND_INT32 or kind == KIND_UINT32:
+        return 4
+    return 8
+
+
 cdef Py_ssize_t _first_null(const uint8_t* validity, Py_ssize_t offset, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef Py_ssize_t bit
@@ -136,14 +146,53 @@ cdef void _hash_ints(const int_key_t* values, Py_ssize_t n, uint64_t seed, uint6
         out[i] = xxh64_u64(<uint64_t>values[i], seed)
 
 
+cdef struct _HashJob:
+    int kind
+    const uint8_t* values  # offsets or integers, at the first row
+    const uint8_t* data  # bytes of var-length keys
+    uint64_t seed
+    uint64_t* out
+    Py_ssize_t n
+    Py_ssize_t rows_per_task
+
+
+cdef void _hash_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    cdef _HashJob* job = <_HashJob*>ctx
+    cdef Py_ssize_t lo = task * job.rows_per_task
+    cdef Py_ssize_t n = min(job.n - lo, job.rows_per_task)
+    cdef int kind = job.kind
+    cdef const uint8_t* values = job.values
+    cdef uint64_t* out = job.out + lo
+    if kind == KIND_OFFSETS32:
+        _hash_offsets((<const int32_t*>values) + lo, job.data, n, job.seed, out)
+    elif kind == KIND_OFFSETS64:
+        _hash_offsets((<const int64_t*>values) + lo, job.data, n, job.seed, out)
+    elif kind == KIND_INT8:
+        _hash_ints((<const int8_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_INT16:
+        _hash_ints((<const int16_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_INT32:
+        _hash_ints((<const int32_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_INT64:
+        _hash_ints((<const int64_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_UINT8:
+        _hash_ints((<const uint8_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_UINT16:
+        _hash_ints((<const uint16_t*>values) + lo, n, job.seed, out)
+    elif kind == KIND_UINT32:
+        _hash_ints((<const uint32_t*>values) + lo, n, job.seed, out)
+    else:
+        _hash_ints((<const uint64_t*>values) + lo, n, job.seed, out)
+
+
 cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base) except -1:
     cdef int kind = _key_kind(arr.type)
     cdef Py_ssize_t n
     cdef Py_ssize_t offset
     cdef Py_ssize_t row
+    cdef Py_ssize_t n_tasks
     cdef const uint8_t* validity
-    cdef const uint8_t* values
-    cdef const uint8_t* data
+    cdef _HashJob job
 
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
@@ -158,45 +207,25 @@ cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base)
     buffers = arr.buffers()
     if arr.null_count != 0:
         validity = input_address(buffers[0])
-        with nogil:
-            row = _first_null(validity, offset, n)
+        row = _first_null(validity, offset, n)
         msg = f"key is null at row {row_base + row}"
         raise InvalidRecordsError(msg, row=row_base + row)
 
     # `buffers` and `arr` stay referenced until return, keeping the memory alive.
-    values = input_address(buffers[1])
-    if kind == KIND_OFFSETS32:
-        data = input_address(buffers[2])
-        with nogil:
-            _hash_offsets((<const int32_t*>values) + offset, data, n, seed, out)
-    elif kind == KIND_OFFSETS64:
-        data = input_address(buffers[2])
-        with nogil:
-            _hash_offsets((<const int64_t*>values) + offset, data, n, seed, out)
-    elif kind == KIND_INT8:
-        with nogil:
-            _hash_ints((<const int8_t*>values) + offset, n, seed, out)
-    elif kind == KIND_INT16:
-        with nogil:
-            _hash_ints((<const int16_t*>values) + offset, n, seed, out)
-    elif kind == KIND_INT32:
-        with nogil:
-            _hash_ints((<const int32_t*>values) + offset, n, seed, out)
-    elif kind == KIND_INT64:
-        with nogil:
-            _hash_ints((<const int64_t*>values) + offset, n, seed, out)
-    elif kind == KIND_UINT8:
-        with nogil:
-            _hash_ints((<const uint8_t*>values) + offset, n, seed, out)
-    elif kind == KIND_UINT16:
-        with nogil:
-            _hash_ints((<const uint16_t*>values) + offset, n, seed, out)
-    elif kind == KIND_UINT32:
-        with nogil:
-            _hash_ints((<const uint32_t*>values) + offset, n, seed, out)
+    job.kind = kind
+    job.values = input_address(buffers[1])
+    if kind == KIND_OFFSETS32 or kind == KIND_OFFSETS64:
+        job.data = input_address(buffers[2])
+        job.values += (4 if kind == KIND_OFFSETS32 else 8) * offset
     else:
-        with nogil:
-            _hash_ints((<const uint64_t*>values) + offset, n, seed, out)
+        job.data = NULL
+        job.values += _int_width(kind) * offset
+    job.seed = seed
+    job.out = out
+    job.n = n
+    n_tasks = tasks_for(n)
+    job.rows_per_task = (n + n_tasks - 1) // n_tasks
+    run_tasks_gil(_hash_task, &job, n_tasks, n)
     return 0
 
 
@@ -271,8 +300,10 @@ def hash_array(keys, seed=0):
     variants) hash their bytes as stored; integer keys hash as the 8
     little-endian bytes of the value as an int64 (uint64 keys hash their own 8
     bytes, the same bit pattern); dictionary arrays are decoded first. Element
-    ``i`` equals ``xxhash.xxh64_intdigest(key_bytes(keys[i]), seed)``. The
-    per-element loop runs with the GIL released.
+    ``i`` equals ``xxhash.xxh64_intdigest(key_bytes(keys[i]), seed)``. From
+    ``_arrow.parallel_config``'s ``min_rows`` keys on (per chunk), the keys are
+    hashed on two threads, each taking blocks of rows; from 65536 on, with the
+    GIL released.
 
     Parameters
     ----------

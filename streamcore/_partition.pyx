@@ -3,17 +3,20 @@
 Each shard owns a contiguous range ``[start, next_start)`` of the 64-bit hash
 space (SEMANTICS 0.3), so a split halves one range and a merge joins two
 adjacent ones, as Kinesis does. ``partition`` is one native pass: for every
-row it finds the owning range by binary search, counts rows per shard, then
+row it finds the owning range by a table lookup, counts rows per shard, then
 writes the stable permutation that groups rows by shard while keeping arrival
-order within each shard.
+order within each shard. ``assign`` also gives every row its shard id and seq
+(what a put returns). Large inputs are split across two threads
+(``_arrow.run_tasks``); the result is the same.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
 
 import pyarrow as pa
 
-from streamcore._arrow cimport buffer_address
+from streamcore._arrow cimport buffer_address, parallel_rows, run_tasks_gil, task_fn
 
 
 def even_ranges(object n_shards):
@@ -34,10 +37,17 @@ cdef enum:
     _BITS = 10
     _SHIFT = 64 - _BITS
     # The rows are cut into _BLOCKS contiguous blocks, each with its own counters,
-    # and the loops take one row of each block in turn: the counter updates then
-    # form independent chains, where one set of counters makes every row wait
-    # for the previous row's store whenever they hit the same range.
-    _BLOCKS = 8
+    # and the loops take one row of each of a task's blocks in turn: the counter
+    # updates then form independent chains, where one set of counters makes every
+    # row wait for the previous row's store whenever they hit the same range.
+    _BLOCKS = 32
+    # The blocks are taken in _TASKS tasks of _arrow.run_tasks (eight blocks each:
+    # eight chains), so a helper that wakes late leaves the caller less to wait for.
+    _TASKS = 4
+    _BLOCKS_PER_TASK = _BLOCKS // _TASKS
+    # Counters between two tasks' blocks kept free (128 bytes): a counter updated
+    # for every row must not share a cache line with the other thread's.
+    _PAD = 16
 
 
 cdef struct _Bucket:
@@ -77,8 +87,166 @@ cdef void _fill_buckets(const uint64_t* starts, Py_ssize_t n_ranges, _Bucket* bu
             buckets[b].first = ~(<int64_t>s)
 
 
+cdef struct _Grouping:
+    const uint64_t* h
+    Py_ssize_t n
+    Py_ssize_t n_ranges
+    const uint64_t* starts
+    const _Bucket* buckets
+    Py_ssize_t block  # rows per block; the last block also takes the n % _BLOCKS others
+    int32_t* owner
+    int64_t* order
+    # _counters(g, k)[s]: rows of block k in range s, then where the next goes.
+    int64_t* pos
+    # assign only (NULL for partition): per range, its shard id, its first seq and
+    # where its rows begin in order; per row, the shard id and seq it gets.
+    const int64_t* ids
+    const uint64_t* firsts
+    const int64_t* begins
+    int64_t* out_id
+    uint64_t* out_seq
+
+
+cdef inline int64_t* _counters(const _Grouping* g, Py_ssize_t k) noexcept nogil:
+    return g.pos + k * g.n_ranges + (k // _BLOCKS_PER_TASK) * _PAD
+
+
+cdef void _count_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    """Owner of every row of the task's blocks, counted per block and range."""
+    cdef _Grouping* g = <_Grouping*>ctx
+    cdef const _Bucket* buckets = g.buckets
+    cdef const uint64_t* starts = g.starts
+    cdef const uint64_t* h = g.h
+    cdef int32_t* owner = g.owner
+    cdef Py_ssize_t last = g.n_ranges - 1, n_ranges = g.n_ranges, block = g.block
+    cdef Py_ssize_t i, k, row, first = task * _BLOCKS_PER_TASK
+    cdef Py_ssize_t end = (first + _BLOCKS_PER_TASK) * block  # the last block also has the other rows
+    cdef int64_t* pos = _counters(g, first)  # the task's blocks' counters, one after the other
+    if first + _BLOCKS_PER_TASK == _BLOCKS:
+        end = g.n
+    for row in range(first * block, end):
+        owner[row] = <int32_t>_owner(buckets, starts, last, h[row])
+    for i in range(block):
+        for k in range(_BLOCKS_PER_TASK):
+            pos[k * n_ranges + owner[(first + k) * block + i]] += 1
+    if first + _BLOCKS_PER_TASK == _BLOCKS:  # the last block's other rows
+        pos = _counters(g, _BLOCKS - 1)
+        for row in range(_BLOCKS * block, g.n):
+            pos[owner[row]] += 1
+
+
+cdef void _place_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    """Every row of the task's blocks written to its place in order (and, for assign, its shard and seq)."""
+    cdef _Grouping* g = <_Grouping*>ctx
+    cdef const int32_t* owner = g.owner
+    cdef int64_t* order = g.order
+    cdef const int64_t* ids = g.ids
+    cdef const uint64_t* firsts = g.firsts
+    cdef const int64_t* begins = g.begins
+    cdef int64_t* out_id = g.out_id
+    cdef uint64_t* out_seq = g.out_seq
+    cdef Py_ssize_t n_ranges = g.n_ranges, block = g.block, end = g.n
+    cdef Py_ssize_t i, k, row, o, first = task * _BLOCKS_PER_TASK
+    cdef int64_t* pos = _counters(g, first)
+    cdef int64_t at
+    if first + _BLOCKS_PER_TASK != _BLOCKS:
+        end = 0  # only the last block has rows after _BLOCKS * block
+    if out_seq == NULL:
+        for i in range(block):
+            for k in range(_BLOCKS_PER_TASK):
+                row = (first + k) * block + i
+                o = k * n_ranges + owner[row]
+                order[pos[o]] = row
+                pos[o] += 1
+        pos = _counters(g, _BLOCKS - 1)
+        for row in range(_BLOCKS * block, end):
+            o = owner[row]
+            order[pos[o]] = row
+            pos[o] += 1
+        return
+    for i in range(block):
+        for k in range(_BLOCKS_PER_TASK):
+            row = (first + k) * block + i
+            o = owner[row]
+            at = pos[k * n_ranges + o]
+            order[at] = row
+            pos[k * n_ranges + o] = at + 1
+            out_seq[row] = firsts[o] + <uint64_t>(at - begins[o])
+            out_id[row] = ids[o]
+    pos = _counters(g, _BLOCKS - 1)
+    for row in range(_BLOCKS * block, end):
+        o = owner[row]
+        at = pos[o]
+        order[at] = row
+        pos[o] = at + 1
+        out_seq[row] = firsts[o] + <uint64_t>(at - begins[o])
+        out_id[row] = ids[o]
+
+
+cdef void _run(task_fn fn, _Grouping* g) noexcept:
+    if parallel_rows(g.n):
+        run_tasks_gil(fn, g, _TASKS, g.n)
+    else:
+        for task in range(_TASKS):
+            fn(g, task)
+
+
+cdef list _group(object hashes, object starts, _Grouping* g):
+    """Fill g.owner, g.order (and, for assign, g.out_id, g.out_seq); the rows per range.
+
+    The caller sets g's outputs and assign's inputs; this sets the rest.
+    """
+    cdef Py_ssize_t n = g.n
+    cdef Py_ssize_t n_ranges = len(starts)
+    cdef Py_ssize_t s, k, i
+    cdef int64_t total = 0, c
+    if n_ranges < 1 or starts[0] != 0:
+        raise ValueError("starts must be ascending and begin at 0")
+    if hashes.null_count:
+        raise ValueError("hashes must not contain nulls")
+    cdef uint64_t* c_starts = <uint64_t*>malloc(n_ranges * sizeof(uint64_t))
+    cdef _Bucket* buckets = <_Bucket*>malloc((1 << _BITS) * sizeof(_Bucket))
+    cdef int64_t* pos = <int64_t*>calloc(_BLOCKS * n_ranges + _TASKS * _PAD, sizeof(int64_t))
+    cdef int64_t* begins = <int64_t*>malloc(n_ranges * sizeof(int64_t))
+    try:
+        if c_starts == NULL or buckets == NULL or pos == NULL or begins == NULL:
+            raise MemoryError()
+        for i in range(n_ranges):
+            c_starts[i] = starts[i]
+        hash_buf = hashes.buffers()[1] if n else None
+        g.h = (<const uint64_t*>buffer_address(hash_buf)) + <Py_ssize_t>hashes.offset if n else NULL
+        g.n_ranges = n_ranges
+        g.starts = c_starts
+        g.buckets = buckets
+        g.block = n // _BLOCKS
+        g.pos = pos
+        g.begins = begins
+        _fill_buckets(c_starts, n_ranges, buckets)
+        _run(_count_task, g)
+        for s in range(n_ranges):  # counts -> where each block's rows of range s start
+            begins[s] = total
+            for k in range(_BLOCKS):
+                c = _counters(g, k)[s]
+                _counters(g, k)[s] = total
+                total += c
+        _run(_place_task, g)
+        # _counters(g, k)[s] now holds the end of block k's rows of range s; the
+        # last block's is the end of range s.
+        ends = [_counters(g, _BLOCKS - 1)[s] for s in range(n_ranges)]
+        return [ends[0]] + [ends[s] - ends[s - 1] for s in range(1, n_ranges)]
+    finally:
+        free(c_starts)
+        free(buckets)
+        free(pos)
+        free(begins)
+
+
 def partition(hashes, starts):
     """Group rows by the shard range that holds their hash.
+
+    From ``_arrow.parallel_config``'s ``min_rows`` rows on, the rows are split
+    across two threads (each takes half of the blocks of rows; the result is
+    the same); from 65536 on, with the GIL released.
 
     Parameters
     ----------
@@ -95,67 +263,83 @@ def partition(hashes, starts):
         per range, in range order.
     """
     cdef Py_ssize_t n = len(hashes)
-    cdef Py_ssize_t n_ranges = len(starts)
-    if n_ranges < 1 or starts[0] != 0:
-        raise ValueError("starts must be ascending and begin at 0")
-    if hashes.null_count:
-        raise ValueError("hashes must not contain nulls")
-    cdef Py_ssize_t s, i, k, row, last = n_ranges - 1
-    cdef Py_ssize_t block = n // _BLOCKS  # rows per block; the remainder goes to the last
-    cdef uint64_t* c_starts = <uint64_t*>malloc(n_ranges * sizeof(uint64_t))
-    cdef _Bucket* buckets = <_Bucket*>malloc((1 << _BITS) * sizeof(_Bucket))
-    # pos[k * n_ranges + s]: rows of block k in range s, then where the next goes.
-    cdef int64_t* pos = <int64_t*>calloc(_BLOCKS * n_ranges, sizeof(int64_t))
-    cdef const uint64_t* h = NULL
-    cdef int32_t* owner
-    cdef int64_t* order
-    cdef int64_t total = 0, c
-    try:
-        if c_starts == NULL or buckets == NULL or pos == NULL:
-            raise MemoryError()
-        for i in range(n_ranges):
-            c_starts[i] = starts[i]
-        owner_buf = pa.allocate_buffer(4 * n)
-        order_buf = pa.allocate_buffer(8 * n)
-        hash_buf = hashes.buffers()[1] if n else None
-        if n:
-            h = (<const uint64_t*>buffer_address(hash_buf)) + <Py_ssize_t>hashes.offset
-        owner = <int32_t*>buffer_address(owner_buf)
-        order = <int64_t*>buffer_address(order_buf)
-        with nogil:
-            _fill_buckets(c_starts, n_ranges, buckets)
-            for i in range(n):
-                owner[i] = <int32_t>_owner(buckets, c_starts, last, h[i])
-            for i in range(block):
-                for k in range(_BLOCKS):
-                    pos[k * n_ranges + owner[k * block + i]] += 1
-            for row in range(_BLOCKS * block, n):
-                pos[(_BLOCKS - 1) * n_ranges + owner[row]] += 1
-            for s in range(n_ranges):  # counts -> where each block's rows of range s start
-                for k in range(_BLOCKS):
-                    c = pos[k * n_ranges + s]
-                    pos[k * n_ranges + s] = total
-                    total += c
-            for i in range(block):
-                for k in range(_BLOCKS):
-                    row = k * block + i
-                    s = k * n_ranges + owner[row]
-                    order[pos[s]] = row
-                    pos[s] += 1
-            for row in range(_BLOCKS * block, n):
-                s = (_BLOCKS - 1) * n_ranges + owner[row]
-                order[pos[s]] = row
-                pos[s] += 1
-        # pos[k * n_ranges + s] now holds the end of block k's rows of range s; the
-        # last block's is the end of range s.
-        ends = [pos[(_BLOCKS - 1) * n_ranges + s] for s in range(n_ranges)]
-        counts = [ends[0]] + [ends[s] - ends[s - 1] for s in range(1, n_ranges)]
-    finally:
-        free(c_starts)
-        free(buckets)
-        free(pos)
+    cdef _Grouping g
+    memset(&g, 0, sizeof(_Grouping))
+    owner_buf = pa.allocate_buffer(4 * n)
+    order_buf = pa.allocate_buffer(8 * n)
+    g.n = n
+    g.owner = <int32_t*>buffer_address(owner_buf)
+    g.order = <int64_t*>buffer_address(order_buf)
+    counts = _group(hashes, starts, &g)
     return (
         pa.Array.from_buffers(pa.int32(), n, [None, owner_buf]),
         pa.Array.from_buffers(pa.int64(), n, [None, order_buf]),
         counts,
+    )
+
+
+def assign(hashes, starts, ids, firsts):
+    """Shard and seq of every row, and the rows grouped by shard: one put's bookkeeping in one pass.
+
+    ``partition``, plus what ``_arrow.scatter_groups`` makes of its result, without
+    its scattered writes: range ``s`` is the shard ``ids[s]``, whose rows get the
+    seqs ``firsts[s], firsts[s] + 1, ...`` in arrival order. Split across two
+    threads as ``partition`` is.
+
+    Parameters
+    ----------
+    hashes : pyarrow.UInt64Array
+        One key hash per row (no nulls).
+    starts : list[int]
+        Ascending range starts; ``starts[0]`` must be 0.
+    ids : list[int]
+        The shard id of each range (int64).
+    firsts : list[int]
+        The first seq of each range (uint64).
+
+    Returns
+    -------
+    (order, counts, shard, seq)
+        ``order`` (int64) a stable permutation of the rows grouped by range,
+        ``counts`` the rows per range, ``shard`` (int64) and ``seq`` (uint64)
+        those of every row, in input order.
+    """
+    cdef Py_ssize_t n = len(hashes)
+    cdef Py_ssize_t n_ranges = len(starts), s
+    if len(ids) != n_ranges or len(firsts) != n_ranges:
+        raise ValueError(
+            f"starts, ids and firsts must have one value per range, "
+            f"got {n_ranges}, {len(ids)} and {len(firsts)}"
+        )
+    cdef _Grouping g
+    memset(&g, 0, sizeof(_Grouping))
+    cdef int64_t* c_ids = <int64_t*>malloc(max(n_ranges, 1) * sizeof(int64_t))
+    cdef uint64_t* c_firsts = <uint64_t*>malloc(max(n_ranges, 1) * sizeof(uint64_t))
+    cdef int32_t* owner = <int32_t*>malloc(max(n, 1) * sizeof(int32_t))
+    try:
+        if c_ids == NULL or c_firsts == NULL or owner == NULL:
+            raise MemoryError()
+        for s in range(n_ranges):
+            c_ids[s] = ids[s]
+            c_firsts[s] = firsts[s]
+        order_buf = pa.allocate_buffer(8 * n)
+        id_buf = pa.allocate_buffer(8 * n)
+        seq_buf = pa.allocate_buffer(8 * n)
+        g.n = n
+        g.owner = owner
+        g.order = <int64_t*>buffer_address(order_buf)
+        g.ids = c_ids
+        g.firsts = c_firsts
+        g.out_id = <int64_t*>buffer_address(id_buf)
+        g.out_seq = <uint64_t*>buffer_address(seq_buf)
+        counts = _group(hashes, starts, &g)
+    finally:
+        free(c_ids)
+        free(c_firsts)
+        free(owner)
+    return (
+        pa.Array.from_buffers(pa.int64(), n, [None, order_buf]),
+        counts,
+        pa.Array.from_buffers(pa.int64(), n, [None, id_buf]),
+        pa.Array.from_buffers(pa.uint64(), n, [None, seq_buf]),
     )

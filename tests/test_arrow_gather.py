@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import signal
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -10,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcore import _arrow
+from streamcore import _arrow, _hashing
 
 UTC = dt.timezone.utc
 
@@ -95,6 +100,16 @@ def sliced_columns(
         arr = pa.array(before + middle + after, dtype)
         out.append(arr.slice(len(before), n))
     return out
+
+
+@contextlib.contextmanager
+def threads(n: int, min_rows: int = 1) -> Iterator[None]:
+    """Run the block with ``n`` threads from ``min_rows`` rows on (1: every call on the caller)."""
+    previous = _arrow.parallel_config(threads=n, min_rows=min_rows)
+    try:
+        yield
+    finally:
+        _arrow.parallel_config(*previous)
 
 
 def check(arrays: list[pa.Array], order: list[int]) -> None:
@@ -207,3 +222,130 @@ def test_row_nbytes_by_groups_equals_row_nbytes_of_each_slice() -> None:
     assert _arrow.row_nbytes(batch, groups).to_pylist() == expected
     with pytest.raises(ValueError, match="groups add up"):
         _arrow.row_nbytes(batch, [1])
+
+
+# -- two threads ---------------------------------------------------------------------
+
+
+def gathered_both_ways(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.Array]:
+    """gather on one thread and split across two (from one row on); asserts they agree, bit for bit."""
+    with threads(1):
+        one = _arrow.gather(arrays, order)
+    with threads(2):
+        two = _arrow.gather(arrays, order)
+    for a, b in zip(one, two, strict=True):
+        b.validate(full=True)
+        assert a.equals(b)
+        assert [x.to_pybytes() if x else None for x in a.buffers()] == [
+            x.to_pybytes() if x else None for x in b.buffers()
+        ]
+    return two
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_gather_on_two_threads_equals_one_thread_and_take(data: st.DataObject) -> None:
+    chosen = data.draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=6))
+    arrays = data.draw(sliced_columns(chosen))
+    order = pa.array(data.draw(st.permutations(list(range(len(arrays[0]))))), pa.int64())
+    for arr, got in zip(arrays, gathered_both_ways(arrays, order), strict=True):
+        assert got.equals(arr.take(order))
+
+
+VALUE_PATTERNS = {
+    "empty": lambda i: "",
+    "one byte": lambda i: "x",
+    "15 16 17": lambda i: "y" * (15 + i % 3),
+    "empty runs": lambda i: "z" * (i % 40 == 0) * 20,
+    "long and short": lambda i: "w" * (100 if i % 7 == 0 else i % 5),
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(VALUE_PATTERNS))
+@pytest.mark.parametrize("dtype", [pa.utf8(), pa.large_binary()])
+def test_gather_var_length_halves_meet(pattern: str, dtype: pa.DataType) -> None:
+    # Part 0 copies forwards, part 1 backwards; where they meet, short copies must
+    # not spill over the other part's bytes, whatever the lengths around the split.
+    make = VALUE_PATTERNS[pattern]
+    for n in (1, 7, 8, 9, 16, 17, 33, 100, 1000):
+        values = [make(i) for i in range(n + 3)]
+        arr = pa.array(values if dtype == pa.utf8() else [v.encode() for v in values], dtype).slice(2, n)
+        for order in (list(range(n)), list(reversed(range(n))), [(i * 7) % n for i in range(n)]):
+            if sorted(order) != list(range(n)):
+                continue
+            indices = pa.array(order, pa.int64())
+            assert gathered_both_ways([arr], indices)[0].equals(arr.take(indices))
+
+
+def test_gather_threshold_boundary() -> None:
+    # With min_rows=64: 63 rows on the caller alone, 64 and 65 in two halves.
+    arrays = [
+        pa.array([f"v{i}" * (i % 4) if i % 5 else None for i in range(300)]),
+        pa.array(range(300)),
+        pa.array([i % 3 == 0 if i % 7 else None for i in range(300)]),
+    ]
+    for n in (63, 64, 65):
+        cut = [a.slice(300 - n) for a in arrays]
+        order = pa.array(list(reversed(range(n))), pa.int64())
+        with threads(2, min_rows=64):
+            got = _arrow.gather(cut, order)
+        for arr, result in zip(cut, got, strict=True):
+            result.validate(full=True)
+            assert result.equals(arr.take(order))
+
+
+def test_gather_checks_orders_alike_on_both_threads() -> None:
+    arr = pa.array(["aa", "b", "cc"] * 20)
+    n = len(arr)
+    # Not a permutation but the same bytes: gathered as take would.
+    same_bytes = pa.array([0, 0, 1, *range(3, n)], pa.int64())
+    for count in (1, 2):
+        with threads(count):
+            assert _arrow.gather([arr], same_bytes)[0].equals(arr.take(same_bytes))
+    for bad in ([0, 2, 0], [1, 1, 1]):  # more bytes than the input's, and fewer
+        order = pa.array([*bad, *range(3, n)], pa.int64())
+        for count in (1, 2):
+            with threads(count), pytest.raises(ValueError, match="not a permutation"):
+                _arrow.gather([arr], order)
+
+
+def test_the_helper_thread_takes_tasks() -> None:
+    keys = pa.array([f"user-{i:06d}" for i in range(200_000)])
+    order = pa.array(list(reversed(range(len(keys)))), pa.int64())
+    expected = keys.take(order)
+    before = _arrow.helper_tasks()
+    with threads(2):
+        for _ in range(50):
+            assert _arrow.gather([keys], order)[0].equals(expected)
+            if _arrow.helper_tasks() > before:
+                break
+    assert _arrow.helper_tasks() > before
+
+
+def test_parallel_config_checks_its_arguments() -> None:
+    previous = _arrow.parallel_config()
+    assert previous[0] in (1, 2) and previous[1] >= 1
+    with pytest.raises(ValueError, match="threads=3"):
+        _arrow.parallel_config(threads=3)
+    with pytest.raises(ValueError, match="min_rows=0"):
+        _arrow.parallel_config(min_rows=0)
+    assert _arrow.parallel_config() == previous
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_helper() -> None:
+    keys = pa.array([f"k{i}" for i in range(50_000)])
+    with threads(2):
+        expected = _hashing.hash_array(keys)  # the parent's helper is running now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() of a threaded process
+            pid = os.fork()
+        if pid == 0:  # the child: no helper thread was copied; a call must start one, not hang
+            status = 1
+            try:
+                signal.alarm(60)
+                status = 0 if _hashing.hash_array(keys).equals(expected) else 2
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -10,7 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamcore import _hashing, errors
+from streamcore import _arrow, _hashing, errors
 
 InvalidRecordsError = errors.InvalidRecordsError
 
@@ -211,6 +213,57 @@ def test_hash_array_matches_xxh64_on_long_values() -> None:
     values = [bytes([i & 0xFF]) * i for i in range(0, 300, 7)]
     keys = pa.array(values, pa.binary())
     assert _hashing.hash_array(keys, 99).to_pylist() == [_hashing.xxh64(v, 99) for v in values]
+
+
+# --- two threads ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def threads(n: int, min_rows: int = 1) -> Iterator[None]:
+    """Run the block with ``n`` threads from ``min_rows`` rows on (1: every call on the caller)."""
+    previous = _arrow.parallel_config(threads=n, min_rows=min_rows)
+    try:
+        yield
+    finally:
+        _arrow.parallel_config(*previous)
+
+
+def hashed_both_ways(keys: pa.Array | pa.ChunkedArray, seed: int = 0) -> list[int]:
+    with threads(1):
+        one = _hashing.hash_array(keys, seed)
+    with threads(2):
+        two = _hashing.hash_array(keys, seed)
+    assert one.equals(two)
+    return two.to_pylist()
+
+
+@pytest.mark.parametrize("type_name", sorted(BYTES_TYPES) + sorted(INT_TYPES))
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), seed=SEEDS)
+def test_hash_array_on_two_threads_equals_one_thread(type_name: str, data: st.DataObject, seed: int) -> None:
+    if type_name in INT_TYPES:
+        arrow_type, low, high = INT_TYPES[type_name]
+        values: list = data.draw(st.lists(st.integers(low, high), max_size=60))
+    else:
+        arrow_type = BYTES_TYPES[type_name]
+        values = data.draw(text_values(type_name))
+    start = data.draw(st.integers(0, len(values)))
+    keys = pa.array(values, arrow_type).slice(start)
+    assert hashed_both_ways(keys, seed) == expected(values[start:], seed)
+    chunked = pa.chunked_array([keys.slice(0, len(keys) // 2), keys.slice(len(keys) // 2)], arrow_type)
+    assert hashed_both_ways(chunked, seed) == expected(values[start:], seed)
+    if "view" not in type_name:  # pyarrow cannot dictionary-encode views
+        assert hashed_both_ways(keys.dictionary_encode(), seed) == expected(values[start:], seed)
+
+
+def test_hash_array_threshold_boundary_and_many_tasks() -> None:
+    values = [f"user-{i:05d}" for i in range(40_000)]
+    for n, min_rows in ((99, 100), (100, 100), (101, 100), (40_000, 16384)):  # 40,000: ten tasks
+        keys = pa.array(values[:n])
+        with threads(2, min_rows=min_rows):
+            assert _hashing.hash_array(keys, 5).to_pylist() == expected(values[:n], 5)
+    ints = pa.array(range(-20_000, 20_000), pa.int64()).slice(3)
+    assert hashed_both_ways(ints) == expected(list(range(-19_997, 20_000)))
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -1,6 +1,12 @@
-"""Stubs for the native module ``streamcore._arrow`` (Arrow buffer helpers)."""
+"""Stubs for the native module ``streamcore._arrow`` (Arrow buffer helpers, the two-thread task runner)."""
 
 import pyarrow as pa
+
+def parallel_config(threads: int | None = None, min_rows: int | None = None) -> tuple[int, int]:
+    """Set the threads (1 or 2) and the fewest rows of calls split across threads; returns the previous."""
+
+def helper_tasks() -> int:
+    """How many tasks the helper thread has run since import."""
 
 def row_nbytes(batch: pa.RecordBatch, groups: list[int] | None = None) -> pa.UInt32Array:
     """Per-record byte sizes: fixed widths plus offset width and value length of var-length columns.
@@ -26,4 +32,7 @@ def scatter_groups(
     """Group id and seq of every input row, in input order, after grouping rows with ``order``."""
 
 def gather(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.Array]:
-    """``[a.take(order) for a in arrays]`` for a permutation ``order``, natively where the type allows."""
+    """``[a.take(order) for a in arrays]`` for a permutation ``order``, natively where the type allows.
+
+    From ``parallel_config``'s ``min_rows`` rows on, each column's halves are gathered on two threads.
+    """

@@ -9,3 +9,8 @@ def partition(
     hashes: pa.UInt64Array, starts: list[int]
 ) -> tuple[pa.Int32Array, pa.Int64Array, list[int]]:
     """``(owner range per row, stable permutation grouped by range, rows per range)``."""
+
+def assign(
+    hashes: pa.UInt64Array, starts: list[int], ids: list[int], firsts: list[int]
+) -> tuple[pa.Int64Array, list[int], pa.Int64Array, pa.UInt64Array]:
+    """``(stable permutation grouped by range, rows per range, shard id per row, seq per row)``."""
