@@ -26,8 +26,21 @@ def put_keys() -> list[str]:
     return [f"key-{j}" for j in range(PUT_ROWS)]
 
 
+def _end_torn_line(out_path: str, out: int) -> None:
+    """A kill can cut a write short: end the cut line, so that this run's first line
+    is not glued to it (the reader skips the cut line, which no longer parses)."""
+    with open(out_path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            os.write(out, b"\n")
+
+
 def consume(log_path: str, checkpoints: str, out_path: str) -> int:
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    _end_torn_line(out_path, out)
     stream = sc.LocalLog(log_path)
     app = sc.App(checkpoints=checkpoints, concurrency=8)
 
