@@ -21,8 +21,8 @@ cdef struct Input:
 cdef struct KeyCol:
     int kind
     uint64_t* ints          # integer keys: the value, sign- or zero-extended to 64 bits
-    int64_t* offs           # binary keys: where group g's record is in the arena: an
-    uint8_t* arena          # int64 length, then the bytes (a null key has length 0)
+    int64_t* offs           # binary keys: where group g's key starts in the arena; keys are
+    uint8_t* arena          # back to back (a null key is empty): the next start or arena_len ends it
     int64_t arena_len
     int64_t arena_cap
     int64_t key_bytes       # total length of the keys in the arena
@@ -32,8 +32,10 @@ cdef struct KeyCol:
 
 cdef struct Slot:
     # One entry of the open-addressing table. key0 lets a probe compare the first
-    # key column without touching per-group arrays: the integer itself, or the
-    # offset of the arena record (prefetched a few rows ahead).
+    # key column without touching per-group arrays: the integer itself, or
+    # (arena offset << 16) | key length when the length is below 0xFFFF.
+    # The per-group arrays, the arena and the slot table are shared copy-on-write
+    # between a table and its copies (see _aggregate.pyx).
     uint64_t tag_gid        # 0 = empty, else (hash >> 32) << 32 | (group + 1)
     uint64_t key0
 

@@ -5,18 +5,21 @@ Python object per row. A batch is processed in chunks of ``CHUNK`` rows, each
 in three passes:
 
 1. hash: per row a hash of its key: XXH3-64 of the bytes of a binary/utf8 key
-   of up to 16 bytes (XXH3's short-input paths, bit-exact, a third of XXH64's
-   instructions on an id-sized key), XXH64 of a longer one, XXH64 of the
-   value of an integer; per-column hashes of a composite key chained through
-   ``xxh64_u64``; a null hashes as a constant. The hash only places groups in
-   this table: it never leaves it;
+   of up to 16 bytes (XXH3's short-input paths, bit-exact: a few multiplies
+   where XXH64 steps through the key word by word and byte by byte), XXH64 of
+   a longer one, XXH64 of the value of an integer; per-column hashes of a
+   composite key chained through ``xxh64_u64``; a null hashes as a constant.
+   The hash only places groups in this table: it never leaves it. With one
+   key column and a table that fits in cache (below ``_PREFETCH_SLOTS``
+   slots) the hash is made in the assign loop instead, and the rows are
+   counted there too;
 2. assign: look each hash up in an open-addressing table (linear probing,
    power-of-two capacity, load <= 1/2) whose slots hold the upper 32 bits of
    the hash, the group number and the group's first key column (the integer,
-   or where its bytes are in the arena and how many); a tag match is
-   confirmed by comparing the full key with the group's stored key, and a
-   miss appends a new group (growing the per-group arrays and the table only
-   then, so memory follows the groups);
+   or where its bytes start in the arena and, below 0xFFFF, how many); a tag
+   match is confirmed by comparing the full key with the group's stored key,
+   and a miss appends a new group (growing the per-group arrays and the table
+   only then, so memory follows the groups);
 3. fold: one pass per value column adds each row into its group's
    accumulators.
 
@@ -26,8 +29,7 @@ another table): its key columns are assigned like rows and its partial
 accumulators are added instead of values. The keys of a binary column are
 stored back to back in an arena, group after group (``offs[g]`` is where
 group g's key starts; the next group's start, or the arena's length, ends
-it),
-so the output's key column is its offsets and one copy of the arena.
+it), so the output's key column is its offsets and one copy of the arena.
 
 Copies share memory (copy-on-write). Every per-group array, the arena and the
 slot table live in a block with a header: a reference count and a *writer*,
@@ -37,7 +39,10 @@ falls in two classes:
 - append-only: the key arena, the keys, their null flags, the group hashes
   and the slot table. Groups are only ever appended, so a copy shares these
   and the writer role passes to it (a tumbling window commits the copy and
-  drops the original). A table that is not the writer of a shared block
+  drops the original). A table that drops a block it writes says how much of
+  it it used and gives the role up; a holder may then claim it if no holder
+  uses more (a retry's copy of the original after a failed invocation's copy
+  added nothing). A table that can neither write nor claim a shared block
   (the original after a copy; a stale copy, e.g. of a timed-out invocation,
   after the committed one was copied again) copies the part it uses before
   its next change, and rebuilds its slot table (the writer may have added
@@ -50,9 +55,10 @@ falls in two classes:
 
 ``copy()`` therefore moves no data; the invocation that updates the copy pays
 for the accumulators only. Reference counts are atomic, and the writer of a
-block can only be changed by a table that holds it (its own copy or a claim
-while it is the only holder) under that table's lock, so tables that share
-blocks may be used from different threads, with or without the GIL.
+block only changes hands under the lock of a table that holds it (its copy, a
+claim: a compare-and-swap from no writer, or a holder that holds it alone),
+so tables that share blocks may be used from different threads, with or
+without the GIL.
 
 Semantics follow pyarrow's hash aggregations: null keys form one group per
 column combination; null values are skipped; an aggregate over no non-null
@@ -66,7 +72,9 @@ not linked. Outputs are exported through the Arrow C Data Interface: one
 callback frees them, imported by ``pyarrow.RecordBatch._import_from_c``.
 
 The GIL is released only for large inputs: a handler thread that gives it up
-for a few microseconds of work may wait a whole switch interval to get it back.
+for a few microseconds of work may wait a whole switch interval to get it back
+(pyarrow's own import of an exported batch gives it up briefly whatever the
+size; so does every pyarrow Table constructor, which validates).
 """
 
 cimport cython
@@ -105,10 +113,18 @@ cdef extern from *:
     #if defined(__GNUC__) || defined(__clang__)
     #define SC_PREFETCH(p) __builtin_prefetch((p))
     #define SC_BSWAP64(x) __builtin_bswap64((x))
-    static inline int64_t sc_refs_add(int64_t* p, int64_t d) { return __atomic_add_fetch(p, d, __ATOMIC_ACQ_REL); }
-    static inline int64_t sc_refs_load(const int64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline uintptr_t sc_writer_load(const uintptr_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void sc_writer_store(uintptr_t* p, uintptr_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int64_t sc_refs_add(int64_t* p, int64_t d) {
+        return __atomic_add_fetch(p, d, __ATOMIC_ACQ_REL);
+    }
+    static inline int64_t sc_refs_load(const int64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline uintptr_t sc_writer_load(const uintptr_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void sc_writer_store(uintptr_t* p, uintptr_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
     static inline int sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) {
         return __atomic_compare_exchange_n(p, expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
@@ -116,14 +132,22 @@ cdef extern from *:
     #include <intrin.h>
     #define SC_PREFETCH(p) ((void)(p))
     #define SC_BSWAP64(x) _byteswap_uint64((x))
-    static __inline int64_t sc_refs_add(int64_t* p, int64_t d) { return _InterlockedExchangeAdd64((volatile __int64*)p, d) + d; }
-    static __inline int64_t sc_refs_load(const int64_t* p) { return *(const volatile int64_t*)p; }
-    static __inline uintptr_t sc_writer_load(const uintptr_t* p) { return *(const volatile uintptr_t*)p; }
-    static __inline void sc_writer_store(uintptr_t* p, uintptr_t v) { *(volatile uintptr_t*)p = v; }
+    static __inline int64_t sc_refs_add(int64_t* p, int64_t d) {
+        return _InterlockedExchangeAdd64((volatile __int64*)p, d) + d;
+    }
+    static __inline int64_t sc_refs_load(const int64_t* p) {
+        return *(const volatile int64_t*)p;
+    }
+    static __inline uintptr_t sc_writer_load(const uintptr_t* p) {
+        return *(const volatile uintptr_t*)p;
+    }
+    static __inline void sc_writer_store(uintptr_t* p, uintptr_t v) {
+        *(volatile uintptr_t*)p = v;
+    }
     static __inline int sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) {
-        uintptr_t seen = (uintptr_t)_InterlockedCompareExchangePointer((void* volatile*)p, (void*)v, (void*)*expected);
-        if (seen == *expected) return 1;
-        *expected = seen;
+        void* seen = _InterlockedCompareExchangePointer((void* volatile*)p, (void*)v, (void*)*expected);
+        if ((uintptr_t)seen == *expected) return 1;
+        *expected = (uintptr_t)seen;
         return 0;
     }
     #else
