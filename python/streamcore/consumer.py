@@ -357,7 +357,7 @@ class StreamConsumer:
             if not isinstance(state, dict):
                 return Outcome(error=f"invalid window state: {type(state).__name__}, expected a dict")
             try:
-                state_bytes = state_nbytes(state)
+                state_bytes = state_nbytes(state, self.options.max_state_bytes)
             except TypeError as exc:
                 return Outcome(error=f"invalid window state: {exc}")
         if not self.options.report_failures:

@@ -63,9 +63,11 @@ def decode_state(data: bytes) -> Any:
     return json.loads(data, object_hook=_revive)
 
 
-def state_nbytes(state: dict[str, Any]) -> int:
+def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     """The size ``max_state_bytes`` limits: the JSON size, aggregators by their native bytes.
 
+    With ``limit``, the result only has to say on which side of it the size
+    is: a figure that is at most ``limit`` may be an upper bound of the size.
     Raises TypeError for values that are not JSON, bytes or aggregators.
     """
     aggregators = [v for v in state.values() if isinstance(v, Aggregator)]
