@@ -76,6 +76,13 @@ cdef class GroupTable:
     # The last result layout asked for: (names, layout, codes, schema), replaced whole.
     cdef tuple _out
     cdef object _lock
+    # A fold handed to the background thread (see "background folds" in _aggregate.pyx).
+    cdef int bg_state               # _BG_NONE, _QUEUED, _RUNNING or _DONE (atomic)
+    cdef uint64_t bg_ticket         # its place in the queue while queued
+    cdef int bg_rc                  # its result, read once it is done
+    cdef int64_t bg_rows
+    cdef int64_t bg_bound           # an upper bound of nbytes() once it is done
+    cdef object _bg_batch           # the batch it reads, kept alive until _sync
 
     cdef void _free_groups(self) noexcept nogil
     cdef int _copy(self, GroupTable src) noexcept nogil
@@ -86,6 +93,10 @@ cdef class GroupTable:
     cdef int64_t _add(self, int64_t row, uint64_t h, uint64_t pos) noexcept nogil
     cdef int _assign(self, int64_t start, int64_t m, const uint64_t* hashes, uint32_t* gid) noexcept nogil
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil
+    cdef int _fold_owned(self, int64_t n, bint merge) noexcept nogil
+    cdef int _reserve(self, int64_t n) noexcept nogil
+    cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil
+    cdef int _sync(self) except -1
     cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1
     cdef int _raise_for(self, int rc) except -1
     cdef tuple _state_layout(self)

@@ -96,7 +96,11 @@ from libc.stdint cimport (
 )
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
+from posix.signal cimport SIG_SETMASK, sigfillset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.types cimport sigset_t
 
+import os
 import threading
 
 import pyarrow as pa
@@ -1372,6 +1376,282 @@ cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
     return 0
 
 
+# --- background folds ----------------------------------------------------------------
+#
+# A tumbling window's handler folds its batch into the window's aggregator, and the
+# framework then spends about as long committing the invocation and starting the
+# next one (other shards' windows, other aggregators) as the fold took. So
+# update_batch of a batch under _NOGIL_ROWS rows hands the fold to one background
+# thread and returns: the fold runs beside the Python work, on the second core.
+# Every later call on that table first waits for the fold (_sync), so nothing can
+# see it half done; other tables, copies included, need not wait (see the module
+# docstring: the writer of a shared block appends beyond what the other holders
+# use).
+#
+# The fold must not fail where nobody can see it: _reserve makes every allocation
+# the fold could need beforehand (room for every row as a new group, the batch's
+# key bytes, null flags), on the calling thread, where a failure raises. With room
+# made, a fold cannot fail.
+#
+# A fold goes to whichever thread takes it first: a table that needs its fold done
+# before the background thread has taken it takes it back and runs it itself. So
+# a busy machine, where the background thread waits for a CPU, costs what a fold
+# in the call costs; only a fold the thread is running is waited for.
+#
+# The thread never holds the GIL, and its signals are blocked. Like _arrow's
+# helper it spins a little after a fold before it sleeps (the next one comes within
+# tens of microseconds). Queue and fold states change under _bg_lock only. fork()
+# waits until no fold is queued or running, so the child's tables have none.
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_t:
+        pass
+    ctypedef struct pthread_attr_t:
+        pass
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef struct pthread_condattr_t:
+        pass
+    int pthread_create(
+        pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*) noexcept nogil, void* arg
+    )
+    int pthread_detach(pthread_t thread)
+    int pthread_mutex_init(pthread_mutex_t* mutex, const pthread_mutexattr_t* attr)
+    int pthread_mutex_lock(pthread_mutex_t* mutex)
+    int pthread_mutex_unlock(pthread_mutex_t* mutex)
+    int pthread_cond_init(pthread_cond_t* cond, const pthread_condattr_t* attr)
+    int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
+    int pthread_cond_signal(pthread_cond_t* cond)
+    int pthread_cond_broadcast(pthread_cond_t* cond)
+    int pthread_sigmask(int how, const sigset_t* set, sigset_t* old)
+    int pthread_atfork(
+        void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil, void (*child)() noexcept nogil
+    )
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
+cdef extern from *:
+    """
+    #if defined(__x86_64__) || defined(__i386__)
+    #define SC_BG_RELAX() __builtin_ia32_pause()
+    #elif defined(__aarch64__) || defined(__arm__)
+    #define SC_BG_RELAX() __asm__ __volatile__("yield" ::: "memory")
+    #else
+    #define SC_BG_RELAX() ((void)0)
+    #endif
+    #define SC_BG_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define SC_BG_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    """
+    void SC_BG_RELAX() noexcept nogil
+    int _load_int "SC_BG_LOAD"(const int* p) noexcept nogil
+    void _store_int "SC_BG_STORE"(int* p, int v) noexcept nogil
+    uint64_t _load_u64 "SC_BG_LOAD"(const uint64_t* p) noexcept nogil
+    void _store_u64 "SC_BG_STORE"(uint64_t* p, uint64_t v) noexcept nogil
+
+
+cdef enum:
+    # GroupTable.bg_state
+    _BG_NONE = 0        # no fold since the last _sync
+    _BG_QUEUED          # in the queue, at bg_ticket
+    _BG_RUNNING         # taken by the background thread or by _sync
+    _BG_DONE            # done; _sync has not seen it yet
+
+cdef enum:
+    _BG_QUEUE = 64                 # folds queued at most (more fold in the call)
+    _BG_IDLE_SPIN_NS = 200_000     # the thread, after a fold, before it sleeps
+
+cdef pthread_mutex_t _bg_lock
+cdef pthread_cond_t _bg_posted     # the thread waits here for a fold
+cdef pthread_cond_t _bg_done       # waiters wait here for the thread's fold
+cdef void* _bg_queue[_BG_QUEUE]    # GroupTables (borrowed: a queued table takes its fold
+                                   # back before it dies); NULL when taken back
+cdef uint64_t _bg_head = 0         # next to take (atomic: the idle spin reads it)
+cdef uint64_t _bg_tail = 0         # next free (atomic)
+cdef bint _bg_busy = False         # the thread runs a fold
+cdef int _bg_thread = 0            # 0: not started, 1: running, -1: could not be started
+cdef bint _bg_sleeping = False
+cdef int _bg_waiters = 0
+cdef bint _bg_enabled = False      # see background_folds
+cdef uint64_t _bg_queued = 0       # folds queued (for tests)
+cdef uint64_t _bg_ran = 0          # folds the thread ran (for tests)
+cdef uint64_t _bg_taken_back = 0   # folds taken back by _sync (for tests)
+
+
+cdef int64_t _bg_now_ns() noexcept nogil:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <int64_t>t.tv_sec * 1_000_000_000 + t.tv_nsec
+
+
+cdef void* _bg_next_locked() noexcept nogil:
+    # The next queued table, taken (NULL when none).
+    cdef void* job
+    while _bg_head != _bg_tail:
+        job = _bg_queue[_bg_head % _BG_QUEUE]
+        _store_u64(&_bg_head, _bg_head + 1)
+        if job != NULL:
+            (<GroupTable>job).bg_state = _BG_RUNNING
+            return job
+    return NULL
+
+
+cdef void* _bg_main(void* arg) noexcept nogil:
+    global _bg_sleeping, _bg_busy, _bg_ran
+    cdef void* job
+    cdef int64_t until
+    cdef int i
+    pthread_mutex_lock(&_bg_lock)
+    while True:
+        job = _bg_next_locked()
+        if job == NULL:
+            pthread_mutex_unlock(&_bg_lock)
+            until = _bg_now_ns() + _BG_IDLE_SPIN_NS
+            while _load_u64(&_bg_tail) == _load_u64(&_bg_head) and _bg_now_ns() < until:
+                for i in range(64):
+                    SC_BG_RELAX()
+                sched_yield()
+            pthread_mutex_lock(&_bg_lock)
+            while _bg_head == _bg_tail:
+                _bg_sleeping = True
+                pthread_cond_wait(&_bg_posted, &_bg_lock)
+                _bg_sleeping = False
+            continue
+        _bg_busy = True
+        pthread_mutex_unlock(&_bg_lock)
+        (<GroupTable>job).bg_rc = (<GroupTable>job)._fold_owned((<GroupTable>job).bg_rows, False)
+        pthread_mutex_lock(&_bg_lock)
+        _bg_busy = False
+        _bg_ran += 1
+        _store_int(&(<GroupTable>job).bg_state, _BG_DONE)
+        if _bg_waiters:
+            pthread_cond_broadcast(&_bg_done)
+
+
+cdef bint _bg_post(GroupTable t) noexcept nogil:
+    # Queue t's fold (its inputs bound, room reserved); False when it must fold in
+    # the call: no thread, or the queue is full.
+    global _bg_thread, _bg_queued
+    cdef pthread_t thread
+    cdef sigset_t blocked, old
+    cdef bint posted = False
+    pthread_mutex_lock(&_bg_lock)
+    if _bg_thread == 0:
+        sigfillset(&blocked)
+        pthread_sigmask(SIG_SETMASK, &blocked, &old)
+        if pthread_create(&thread, NULL, _bg_main, NULL) == 0:
+            pthread_detach(thread)
+            _bg_thread = 1
+        else:
+            _bg_thread = -1
+        pthread_sigmask(SIG_SETMASK, &old, NULL)
+    if _bg_thread == 1 and _bg_tail - _bg_head < _BG_QUEUE:
+        t.bg_ticket = _bg_tail
+        _store_int(&t.bg_state, _BG_QUEUED)
+        _bg_queue[_bg_tail % _BG_QUEUE] = <void*>t
+        _store_u64(&_bg_tail, _bg_tail + 1)
+        _bg_queued += 1
+        if _bg_sleeping:
+            pthread_cond_signal(&_bg_posted)
+        posted = True
+    pthread_mutex_unlock(&_bg_lock)
+    return posted
+
+
+cdef bint _bg_finish(GroupTable t, bint run) noexcept nogil:
+    # Make t's fold done: take it back if still queued (and run it here when `run`),
+    # else wait for the thread to end it. Returns whether it was taken back.
+    global _bg_waiters, _bg_taken_back
+    pthread_mutex_lock(&_bg_lock)
+    if t.bg_state == _BG_QUEUED:
+        _bg_queue[t.bg_ticket % _BG_QUEUE] = NULL
+        _bg_taken_back += 1
+        t.bg_state = _BG_RUNNING
+        pthread_mutex_unlock(&_bg_lock)
+        t.bg_rc = t._fold_owned(t.bg_rows, False) if run else 0
+        _store_int(&t.bg_state, _BG_DONE)
+        return True
+    _bg_waiters += 1
+    while t.bg_state == _BG_RUNNING:
+        pthread_cond_wait(&_bg_done, &_bg_lock)
+    _bg_waiters -= 1
+    pthread_mutex_unlock(&_bg_lock)
+    return False
+
+
+cdef void _bg_reset() noexcept nogil:
+    global _bg_head, _bg_tail, _bg_busy, _bg_thread, _bg_sleeping, _bg_waiters
+    pthread_mutex_init(&_bg_lock, NULL)
+    pthread_cond_init(&_bg_posted, NULL)
+    pthread_cond_init(&_bg_done, NULL)
+    _bg_head = 0
+    _bg_tail = 0
+    _bg_busy = False
+    _bg_thread = 0
+    _bg_sleeping = False
+    _bg_waiters = 0
+
+
+# fork(): the prepare handler waits until no fold is queued or running, and holds
+# the lock so that none is posted meanwhile; the child has no background thread and
+# starts over (a queued fold would never end there).
+cdef void _bg_before_fork() noexcept nogil:
+    global _bg_waiters
+    pthread_mutex_lock(&_bg_lock)
+    _bg_waiters += 1
+    while _bg_head != _bg_tail or _bg_busy:
+        pthread_cond_wait(&_bg_done, &_bg_lock)
+    _bg_waiters -= 1
+
+
+cdef void _bg_after_fork_in_parent() noexcept nogil:
+    pthread_mutex_unlock(&_bg_lock)
+
+
+cdef void _bg_after_fork_in_child() noexcept nogil:
+    _bg_reset()
+
+
+def _available_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_bg_reset()
+pthread_atfork(_bg_before_fork, _bg_after_fork_in_parent, _bg_after_fork_in_child)
+_bg_enabled = _available_cpus() >= 2
+
+
+def background_folds(enabled=None):
+    """Whether ``update_batch`` of a batch under 65536 rows folds on the background
+    thread (see the source); with ``enabled``, set it. The default is True when the
+    process may run on two CPUs or more. Results are the same either way.
+
+    Returns the previous setting.
+    """
+    global _bg_enabled
+    previous = _bg_enabled
+    if enabled is not None:
+        _bg_enabled = bool(enabled)
+    return previous
+
+
+def background_stats():
+    """``(folds queued, run by the background thread, taken back by their table)``, for tests."""
+    pthread_mutex_lock(&_bg_lock)
+    out = (_bg_queued, _bg_ran, _bg_taken_back)
+    pthread_mutex_unlock(&_bg_lock)
+    return out
+
+
 # --- output: Arrow arrays through the C Data Interface --------------------------------
 
 cdef struct _Owned:
@@ -1686,12 +1966,32 @@ cdef class GroupTable:
             )
 
     def __dealloc__(self):
+        if _load_int(&self.bg_state) != _BG_NONE:
+            with nogil:
+                _bg_finish(self, False)  # a queued fold is dropped: nobody will see it
         self._free_groups()
         free(self.keys)
         free(self.vals)
 
     def __len__(self):
+        self._sync()
         return self.n_groups
+
+    cdef int _sync(self) except -1:
+        # Before any use of the table: wait for its background fold, if any.
+        cdef int rc
+        if self._bg_batch is None:
+            return 0
+        if _load_int(&self.bg_state) != _BG_DONE:
+            with nogil:
+                _bg_finish(self, True)
+        self._bg_batch = None
+        self.bg_state = _BG_NONE
+        rc = self.bg_rc
+        self.bg_rc = 0
+        if rc != 0:  # cannot happen (_reserve made room); raised if it ever does
+            self._raise_for(rc)
+        return 0
 
     cdef void _free_groups(self) noexcept nogil:
         # Let go of every block (shared ones live on in the tables that hold them).
@@ -1711,6 +2011,7 @@ cdef class GroupTable:
     def clear(self):
         """Forget every group and release the memory."""
         with self._lock:
+            self._sync()
             self._free_groups()
 
     def copy(self):
@@ -1740,6 +2041,7 @@ cdef class GroupTable:
         if twin.keys == NULL or twin.vals == NULL:
             raise MemoryError()
         with self._lock:
+            self._sync()
             twin._copy(self)
         return twin
 
@@ -1758,25 +2060,37 @@ cdef class GroupTable:
         self.group_cap = src.group_cap
         return 0
 
-    def nbytes(self):
+    def nbytes(self, bint bound=False):
         """Bytes held for the groups: what a window state limit counts for an aggregator.
 
         A size per group (count and hash, per key column its value and null
         flag, per value column its null count and accumulators) plus the key
         bytes, whatever capacity is allocated ahead. Memory shared with copies
         counts in full for each of them.
+
+        ``bound``: while a background fold runs, an upper bound of what it
+        will be after the fold (every row a new group), without waiting.
         """
-        cdef int64_t total = self.n_groups * 16
         cdef Py_ssize_t k
+        cdef int64_t arena = 0
+        cdef int state = _load_int(&self.bg_state)
+        if bound and (state == _BG_QUEUED or state == _BG_RUNNING):
+            return self.bg_bound
+        self._sync()
+        for k in range(self.n_keys):
+            arena += self.keys[k].arena_len
+        return self._nbytes_for(self.n_groups, arena)
+
+    cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil:
+        # nbytes() of `groups` groups whose keys take `arena_bytes` (all key columns).
+        cdef int64_t per_group = 16 + 9 * self.n_keys
         cdef Py_ssize_t j
         cdef int flags
-        for k in range(self.n_keys):
-            total += self.n_groups * 9 + self.keys[k].arena_len
         for j in range(self.n_vals):
             flags = self.vals[j].flags
-            total += self.n_groups * 8 * (1 + ((flags & HAS_SUM) != 0) + ((flags & HAS_MSUM) != 0)
-                                          + ((flags & HAS_MIN) != 0) + ((flags & HAS_MAX) != 0))
-        return total
+            per_group += 8 * (1 + ((flags & HAS_SUM) != 0) + ((flags & HAS_MSUM) != 0)
+                              + ((flags & HAS_MIN) != 0) + ((flags & HAS_MAX) != 0))
+        return groups * per_group + arena_bytes
 
     cdef int _grow_groups(self, int64_t cap) noexcept nogil:
         # Per-group arrays for `cap` groups (self writes them all: see _own). 0, or
@@ -1973,8 +2287,54 @@ cdef class GroupTable:
             gid[i] = <uint32_t>g
         return 0
 
+    cdef int _reserve(self, int64_t n) noexcept nogil:
+        # Every allocation a fold of the n rows bound could make, made now (see
+        # "background folds"): 0, -1 when out of memory, -2 when n more groups
+        # could be too many (the fold itself says whether they are).
+        cdef int64_t need = self.n_groups + n
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
+        cdef KeyCol* kc
+        cdef ValCol* c
+        cdef int64_t span
+        cdef int64_t arena = 0
+        if need > _MAX_GROUPS:
+            return -2
+        if _own(self):
+            return -1
+        if self.group_cap < need and self._grow_groups(_at_least(need, _MIN_GROUPS)):
+            return -1
+        if ((self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1)
+                and self._rehash(<uint64_t>_at_least(2 * need, _MIN_SLOTS))):
+            return -1
+        for k in range(self.n_keys):
+            kc = &self.keys[k]
+            if kc.inp.valid != NULL and kc.nulls == NULL and _first_null_key(self, kc):
+                return -1
+            if _is_bin(kc.kind):
+                # The rows' bytes, nulls' included: at most what their keys add.
+                if kc.kind == K_BIN32:
+                    span = (<const int32_t*>kc.inp.values)[n] - (<const int32_t*>kc.inp.values)[0]
+                else:
+                    span = (<const int64_t*>kc.inp.values)[n] - (<const int64_t*>kc.inp.values)[0]
+                if kc.arena_len + span > kc.arena_cap and _grow_arena(self, kc, kc.arena_len + span):
+                    return -1
+                arena += kc.arena_len + span
+        for j in range(self.n_vals):
+            c = &self.vals[j]
+            if c.inp[0].valid != NULL and c.nulls == NULL and _first_null_value(self, c):
+                return -1
+        self.bg_bound = self._nbytes_for(need, arena)
+        return 0
+
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil:
         # Fold n rows of the bound inputs: values (update) or a partial state (merge).
+        if _own(self):
+            return -1
+        return self._fold_owned(n, merge)
+
+    cdef int _fold_owned(self, int64_t n, bint merge) noexcept nogil:
+        # _fold once every block is the table's to write.
         cdef uint64_t hashes[CHUNK]
         cdef uint32_t gid[CHUNK]
         cdef int64_t start = 0
@@ -1985,8 +2345,6 @@ cdef class GroupTable:
         cdef ValCol* c
         cdef bint single = self.n_keys == 1
         cdef bint fused
-        if _own(self):
-            return -1
         if self.n_groups == 0:
             # A new table: room for the first chunk's rows as groups rather than
             # growing step by step while they arrive.
@@ -2075,6 +2433,7 @@ cdef class GroupTable:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
         with self._lock:
+            self._sync()
             for k in range(self.n_keys):
                 arr, name, dtype = key_arrays[k], self._key_names[k], self._key_types[k]
                 self._bind_input(arr, name, dtype, self.keys[k].kind, &self.keys[k].inp)
@@ -2088,9 +2447,13 @@ cdef class GroupTable:
         and ``value_idx`` (one per value column), in constructor order.
 
         What ``update`` does for the columns of a batch, with less work per call.
+        A batch of fewer than 65536 rows may fold on the background thread after
+        the call returns (see ``background_folds``).
         """
         cdef Py_ssize_t k
         cdef Py_ssize_t j
+        cdef int64_t n
+        cdef int rc
         if not isinstance(batch, pa.RecordBatch):
             msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
             raise TypeError(msg)
@@ -2098,6 +2461,7 @@ cdef class GroupTable:
             raise ValueError("one column index per key column and per value column is expected")
         column = batch.column
         with self._lock:
+            self._sync()
             # `batch` holds every buffer bound here until the fold is done.
             for k in range(self.n_keys):
                 arr, name, dtype = column(key_idx[k]), self._key_names[k], self._key_types[k]
@@ -2105,7 +2469,18 @@ cdef class GroupTable:
             for j in range(self.n_vals):
                 arr, name, dtype = column(value_idx[j]), self._value_names[j], self._value_types[j]
                 _bind_array(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
-            _run_fold(self, batch.num_rows, False)
+            n = batch.num_rows
+            if _bg_enabled and 0 < n < _NOGIL_ROWS:
+                rc = self._reserve(n)
+                if rc == -1:
+                    raise MemoryError()
+                if rc == 0:
+                    self.bg_rows = n
+                    self.bg_rc = 0
+                    if _bg_post(self):
+                        self._bg_batch = batch
+                        return
+            _run_fold(self, n, False)
 
     def input_types(self):
         """The key column types, then the value column types."""
@@ -2161,6 +2536,7 @@ cdef class GroupTable:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
         with self._lock:
+            self._sync()
             for k in range(self.n_keys):
                 _bind_state(self, columns, fields, k, self.keys[k].kind, &self.keys[k].inp)
             at = self.n_keys
@@ -2219,6 +2595,7 @@ cdef class GroupTable:
     def state_columns(self):
         """The partial state as arrays, one per field of ``state_schema()``."""
         names, codes = self._state_layout()
+        self._sync()
         return self._export(codes, self._schema(names, codes)).columns
 
     def result_batch(self, list names, list layout):
@@ -2227,6 +2604,7 @@ cdef class GroupTable:
         (index ignored), ``"sum"``, ``"min"``, ``"max"``, ``"mean"`` (asked for at
         construction); ``names`` names every column."""
         out = _result_layout(self, names, layout)
+        self._sync()
         return self._export(out[2], out[3])
 
 

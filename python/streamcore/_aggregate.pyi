@@ -12,6 +12,12 @@ WANT_MAX: Final[int]
 def floor_multiple(arr: pa.Array, size: int) -> pa.Array:
     """``floor(value / size) * size`` of every element of an int64 or uint64 array."""
 
+def background_folds(enabled: bool | None = None) -> bool:
+    """Whether small ``update_batch`` calls fold on the background thread; with an argument, set it."""
+
+def background_stats() -> tuple[int, int, int]:
+    """(folds queued, run by the background thread, taken back by their table), for tests."""
+
 def key_hashes(arr: pa.Array) -> pa.Array:
     """The uint64 hash a ``GroupTable`` gives each element of a binary or utf8 array."""
 
@@ -30,8 +36,8 @@ class GroupTable:
     def __len__(self) -> int: ...
     def copy(self) -> GroupTable:
         """An independent table with the same spec and groups, in constant time (copy-on-write)."""
-    def nbytes(self) -> int:
-        """Bytes held for the groups."""
+    def nbytes(self, bound: bool = False) -> int:
+        """Bytes held for the groups (``bound``: an upper bound while a background fold runs)."""
     def clear(self) -> None:
         """Forget every group and release the memory."""
 

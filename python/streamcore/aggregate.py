@@ -286,6 +286,10 @@ class Aggregator:
         twin._table = None if table is None else table.copy()
         return twin
 
+    def _nbytes_bound(self) -> int:
+        """``nbytes``, or an upper bound of it while a background fold runs (no wait)."""
+        return 0 if self._table is None else self._table.nbytes(True)
+
     def __copy__(self) -> Aggregator:
         return self.copy()
 
@@ -334,6 +338,18 @@ class Aggregator:
             interface (``__arrow_c_stream__`` or ``__arrow_c_array__``). It
             must hold the ``by`` and aggregated columns; other columns are
             ignored. An empty batch only fixes the column types.
+
+        Notes
+        -----
+        A batch under 65536 rows may be folded on a background thread after
+        ``update`` returns, so that the fold runs beside the caller's next
+        Python work (in a tumbling window: the framework committing the
+        invocation and starting the next). The records are checked and room
+        for their groups is made before it returns, so the fold cannot fail;
+        every later call on this aggregator (``len``, ``result``, ``copy``,
+        ``update`` ...) waits for it, or runs it itself if the thread has not
+        started it yet. Results are the same as folding in the call.
+        ``streamcore._aggregate.background_folds(False)`` turns this off.
 
         Raises
         ------

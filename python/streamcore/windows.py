@@ -7,6 +7,8 @@ one (shard, lane, window), committed only when an invocation succeeds, and
 persisted with the checkpoints. A top-level value may also be a live
 ``sc.Aggregator``: each invocation then works on a native copy of it (cheap:
 no serialisation), and it is serialised only when a durable store writes it.
+Its ``update`` of a batch folds on a background thread while the framework
+commits the invocation and starts the next one (see ``Aggregator.update``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,13 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     if not aggregators:
         return len(encode_state(state))
     rest = {k: v for k, v in state.items() if not isinstance(v, Aggregator)}
-    return len(encode_state(rest)) + sum(a.nbytes for a in aggregators)
+    size = len(encode_state(rest))
+    if limit is not None:
+        # An aggregator folding in the background gives a bound without waiting.
+        bound = size + sum(a._nbytes_bound() for a in aggregators)
+        if bound <= limit:
+            return bound
+    return size + sum(a.nbytes for a in aggregators)
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:

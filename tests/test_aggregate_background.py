@@ -1,0 +1,230 @@
+"""Background folds: ``Aggregator.update`` of a small batch may fold on another thread.
+
+Whatever the timing (the thread folds it, or the table takes it back), every
+call after ``update`` must see the fold done, results must equal folding in the
+call, a table dropped, copied or forked with a fold pending must stay sound,
+and every fold handed over must be accounted for.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamcore import _aggregate
+from streamcore.aggregate import Aggregator
+from streamcore.windows import state_nbytes
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
+
+
+@pytest.fixture(autouse=True)
+def background_on() -> Iterator[None]:
+    previous = _aggregate.background_folds(True)
+    yield
+    _aggregate.background_folds(previous)
+
+
+def spec() -> Aggregator:
+    return Aggregator(by=["user"], sum=["value"], min=["value"], max=["value"], mean=["value"])
+
+
+def batch(users: list[Any], values: list[float | None]) -> pa.RecordBatch:
+    return pa.record_batch({"user": pa.array(users, pa.utf8()), "value": pa.array(values, pa.float64())})
+
+
+def rows(agg: Aggregator) -> list[dict[str, Any]]:
+    """The result as rows; NaN made comparable."""
+    out = agg.result().to_pylist()
+    for row in out:
+        for key, value in row.items():
+            if isinstance(value, float) and math.isnan(value):
+                row[key] = "nan"
+    return out
+
+
+user_ids = st.one_of(st.none(), st.sampled_from([f"u{i}" for i in range(40)]), st.text(max_size=20))
+values = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=False, width=64))
+batches = st.lists(
+    st.lists(st.tuples(user_ids, values), max_size=60).map(
+        lambda pairs: batch([u for u, _ in pairs], [v for _, v in pairs])
+    ),
+    max_size=8,
+)
+steps = st.lists(st.sampled_from(["update", "copy", "drop_copy", "merge", "len", "nbytes"]), max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=batches, steps=steps)
+def test_background_and_inline_folds_give_the_same_results(
+    batches: list[pa.RecordBatch], steps: list[str]
+) -> None:
+    def run() -> tuple[list[Any], list[Any]]:
+        agg = spec()
+        side = spec()
+        seen: list[Any] = []
+        copies: list[Aggregator] = []
+        for i, step in enumerate(steps):
+            records = batches[i % len(batches)] if batches else batch([], [])
+            if step == "update":
+                agg.update(records)
+                side.update(records)
+            elif step == "copy":
+                copies.append(agg)
+                agg = agg.copy()  # the old one stays alive: a stale copy, updated below
+            elif step == "drop_copy" and copies:
+                copies.pop().update(records)  # a fold queued on a table about to be dropped
+            elif step == "merge":
+                agg.merge(side)
+            elif step == "len":
+                seen.append(len(agg))
+            else:
+                seen.append(agg.nbytes)
+        return rows(agg), seen + [rows(c) for c in copies]
+
+    _aggregate.background_folds(False)
+    expected = run()
+    _aggregate.background_folds(True)
+    assert run() == expected
+
+
+def test_every_fold_handed_over_is_run_once() -> None:
+    aggs = [spec() for _ in range(50)]
+    records = batch([f"u{i % 37}" for i in range(500)], [float(i) for i in range(500)])
+    posted, ran, taken_back = _aggregate.background_stats()
+    for _ in range(4):
+        for agg in aggs:
+            agg.update(records)
+    for agg in aggs:
+        assert len(agg) == 37
+        assert agg.result()["count"].to_pylist() == [4 * len(range(g, 500, 37)) for g in range(37)]
+    posted2, ran2, taken_back2 = _aggregate.background_stats()
+    assert posted2 > posted  # a full queue folds in the call
+    assert (ran2 - ran) + (taken_back2 - taken_back) == posted2 - posted
+
+
+def test_inline_folds_when_turned_off() -> None:
+    _aggregate.background_folds(False)
+    before = _aggregate.background_stats()
+    agg = spec()
+    agg.update(batch(["a", "b", "a"], [1.0, 2.0, 3.0]))
+    assert _aggregate.background_stats() == before
+    assert agg.result()["value_sum"].to_pylist() == [4.0, 2.0]
+    assert _aggregate.background_folds(True) is False
+
+
+def test_large_batches_fold_in_the_call() -> None:
+    before = _aggregate.background_stats()
+    agg = Aggregator(by=["user"])
+    agg.update(batch([f"u{i % 1000}" for i in range(1 << 16)], [0.0] * (1 << 16)))
+    assert _aggregate.background_stats() == before
+    assert len(agg) == 1000
+
+
+def test_dropping_tables_with_folds_pending() -> None:
+    original = spec()
+    original.update(batch(["a", "b"], [1.0, 2.0]))
+    expected = rows(original)
+    records = batch([f"k{i}" for i in range(3000)], [1.0] * 3000)
+    for _ in range(200):
+        twin = original.copy()
+        twin.update(records)  # its fold appends to blocks the original shares
+        del twin
+    gc.collect()
+    assert rows(original) == expected
+    again = original.copy()
+    again.update(records)
+    assert len(again) == 3002
+
+
+def test_copies_and_results_wait_for_the_fold() -> None:
+    agg = spec()
+    for i in range(100):
+        agg.update(batch([f"u{i}", f"u{i + 1}"], [1.0, 1.0]))
+        twin = agg.copy()
+        assert len(twin) == i + 2
+        agg = twin
+    assert agg.result()["count"].to_pylist() == [1] + [2] * 99 + [1]
+
+
+def test_size_bound_is_never_below_the_size() -> None:
+    agg = spec()
+    for i in range(50):
+        agg.update(batch([f"user-{i}-{j}" for j in range(100)], [1.0] * 100))
+        bound = agg._nbytes_bound()
+        exact = agg.nbytes
+        assert exact <= bound
+        assert agg._nbytes_bound() == exact  # the fold is seen done: no bound any more
+
+
+def test_window_state_limit_decides_on_the_exact_size() -> None:
+    # A bound may stand in for the size only when it keeps within the limit.
+    for i in range(30):
+        agg = spec()
+        agg.update(batch([f"u{j}" for j in range(i * 10)], [1.0] * (i * 10)))
+        twin = agg.copy()
+        twin.update(batch([f"v{j}" for j in range(500)], [1.0] * 500))
+        state = {"agg": twin, "n": i}
+        exact = state_nbytes(state)
+        assert state_nbytes(state, exact) <= exact
+        assert state_nbytes(state, exact - 1) > exact - 1
+
+
+def test_threads_with_their_own_aggregators() -> None:
+    records = [
+        batch([f"u{(i * 7 + j) % 301}" for j in range(400)], [float(j) for j in range(400)]) for i in range(5)
+    ]
+
+    def work(out: list[list[Any]]) -> None:
+        aggs = [spec() for _ in range(20)]
+        for _ in range(3):
+            for k, agg in enumerate(aggs):
+                agg.update(records[k % 5])
+                aggs[k] = agg.copy()
+        out.extend(rows(a) for a in aggs)
+
+    _aggregate.background_folds(False)
+    expected: list[list[Any]] = []
+    work(expected)
+    _aggregate.background_folds(True)
+    results: list[list[list[Any]]] = [[] for _ in range(4)]
+    threads = [threading.Thread(target=work, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out in results:
+        assert out == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_with_folds_pending() -> None:
+    aggs = [spec() for _ in range(30)]
+    records = batch([f"u{i % 250}" for i in range(2000)], [1.0] * 2000)
+    for agg in aggs:
+        agg.update(records)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its tables must have no fold pending, and new folds work
+        try:
+            sizes = [len(a) for a in aggs]
+            aggs[0].update(batch(["new"], [1.0]))
+            sizes.append(len(aggs[0]))
+            os.write(write, repr(sizes).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == repr([250] * 30 + [251])
+    assert [len(a) for a in aggs] == [250] * 30
