@@ -83,11 +83,14 @@ cdef class GroupTable:
     cdef int64_t bg_rows
     cdef int64_t bg_bound           # an upper bound of nbytes() once it is done
     cdef object _bg_batch           # the batch it reads, kept alive until _sync
+    cdef Slot* bg_slots             # a larger slot table _reserve allocated, for the fold to fill
+    cdef uint64_t bg_mask
 
     cdef void _free_groups(self) noexcept nogil
     cdef int _copy(self, GroupTable src) noexcept nogil
     cdef int _grow_groups(self, int64_t cap) noexcept nogil
     cdef int _rehash(self, uint64_t capacity) noexcept nogil
+    cdef void _rehash_into(self, Slot* slots, uint64_t mask) noexcept nogil
     cdef int _make_room(self, uint64_t h, uint64_t* pos) noexcept nogil
     cdef void _commit(self, int64_t g, uint64_t h, uint64_t pos, uint64_t key0) noexcept nogil
     cdef int64_t _add(self, int64_t row, uint64_t h, uint64_t pos) noexcept nogil

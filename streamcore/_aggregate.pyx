@@ -1998,6 +1998,8 @@ cdef class GroupTable:
         cdef Py_ssize_t k
         cdef KeyCol* kc
         _for_arrays(self, _DROP, 0)
+        _b_drop(self.bg_slots, _token(self), 0)
+        self.bg_slots = NULL
         self.slot_mask = 0
         self.n_groups = 0
         self.group_cap = 0
@@ -2134,15 +2136,19 @@ cdef class GroupTable:
     cdef int _rehash(self, uint64_t capacity) noexcept nogil:
         # A new slot table of `capacity` slots holding every group (the old one is
         # dropped: a table that shares it keeps it).
+        cdef Slot* slots = <Slot*>_b_alloc(capacity * sizeof(Slot), _token(self), True)
+        if slots == NULL:
+            return -1
+        self._rehash_into(slots, capacity - 1)
+        return 0
+
+    cdef void _rehash_into(self, Slot* slots, uint64_t mask) noexcept nogil:
+        # _rehash into `slots`, a zeroed block of mask + 1 slots the table writes.
         cdef uintptr_t me = _token(self)
-        cdef Slot* slots = <Slot*>_b_alloc(capacity * sizeof(Slot), me, True)
-        cdef uint64_t mask = capacity - 1
         cdef uint64_t pos
         cdef uint64_t h
         cdef int64_t g
         cdef const KeyCol* first = &self.keys[0]
-        if slots == NULL:
-            return -1
         for g in range(self.n_groups):
             h = self.group_hash[g]
             pos = h & mask
@@ -2156,7 +2162,6 @@ cdef class GroupTable:
         _b_drop(self.slots, me, self.n_groups)
         self.slots = slots
         self.slot_mask = mask
-        return 0
 
     cdef int _make_room(self, uint64_t h, uint64_t* pos) noexcept nogil:
         # Room for one more group: the per-group arrays and the table grow when
@@ -2298,15 +2303,20 @@ cdef class GroupTable:
         cdef ValCol* c
         cdef int64_t span
         cdef int64_t arena = 0
+        cdef uint64_t capacity
         if need > _MAX_GROUPS:
             return -2
         if _own(self):
             return -1
         if self.group_cap < need and self._grow_groups(_at_least(need, _MIN_GROUPS)):
             return -1
-        if ((self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1)
-                and self._rehash(<uint64_t>_at_least(2 * need, _MIN_SLOTS))):
-            return -1
+        if self.bg_slots == NULL and (self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1):
+            # Only the memory: the fold zeroes it and moves the groups in (_fold_owned).
+            capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS)
+            self.bg_slots = <Slot*>_b_alloc(capacity * sizeof(Slot), _token(self), False)
+            if self.bg_slots == NULL:
+                return -1
+            self.bg_mask = capacity - 1
         for k in range(self.n_keys):
             kc = &self.keys[k]
             if kc.inp.valid != NULL and kc.nulls == NULL and _first_null_key(self, kc):
@@ -2345,6 +2355,11 @@ cdef class GroupTable:
         cdef ValCol* c
         cdef bint single = self.n_keys == 1
         cdef bint fused
+        if self.bg_slots != NULL:
+            # The larger slot table _reserve made room for.
+            memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
+            self._rehash_into(self.bg_slots, self.bg_mask)
+            self.bg_slots = NULL
         if self.n_groups == 0:
             # A new table: room for the first chunk's rows as groups rather than
             # growing step by step while they arrive.
