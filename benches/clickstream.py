@@ -12,8 +12,9 @@ streamcore: a consumer with ``batch_size=1000, tumbling_window=60`` in an
 threads; the default concurrency is measured too, as a figure). Each
 invocation folds its records into the native ``Aggregator`` kept live in
 ``batch.state`` (streamcore hands every invocation its own native copy, so a
-failed one commits nothing); the window's final invocation emits
-``result()``. Timed: the puts (partition included) plus
+failed one commits nothing; the fold itself runs on the Aggregator's
+background thread, beside the framework's work: see ``Aggregator.update``);
+the window's final invocation emits ``result()``. Timed: the puts (partition included) plus
 ``app.run(until_idle=True)``.
 
 Baselines, same events, same process:
