@@ -2623,6 +2623,11 @@ cdef class GroupTable:
         return self._export(out[2], out[3])
 
 
+# Result layouts by (types, flags, names, layout): a window makes a new table per
+# window, whose first result would otherwise build the same schema again.
+cdef dict _LAYOUTS = {}
+
+
 cdef tuple _result_layout(GroupTable t, list names, list layout):
     # t._out for this result layout: (names, layout, codes, schema), built and cached
     # when the layout is not the last one asked for.
@@ -2630,6 +2635,12 @@ cdef tuple _result_layout(GroupTable t, list names, list layout):
     cdef int code
     out = t._out
     if out is not None and names == out[0] and layout == out[1]:
+        return out
+    key = (tuple(t._key_types), tuple(t._value_types), tuple(t._value_flags), tuple(names),
+           tuple([tuple(e) for e in layout]))
+    out = _LAYOUTS.get(key)
+    if out is not None:
+        t._out = out
         return out
     if len(names) != t.n_keys + len(layout):
         raise ValueError("one name per key column and per layout entry is expected")
@@ -2649,6 +2660,9 @@ cdef tuple _result_layout(GroupTable t, list names, list layout):
     # Copies of the caller's lists: the cache must not change with them.
     out = (list(names), [tuple(e) for e in layout], codes, schema)
     t._out = out
+    if len(_LAYOUTS) >= 64:
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = out
     return out
 
 

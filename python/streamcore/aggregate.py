@@ -221,8 +221,9 @@ class Aggregator:
     The first records (an empty batch will do) fix the column types; later
     records must have the same types. An aggregator is safe to share between
     threads (calls are serialised). Inputs of 64k rows or more are folded with
-    the GIL released; smaller ones keep it, as a thread that gives the GIL up
-    for microseconds of work can wait a whole switch interval to get it back.
+    the GIL released; a smaller record batch is folded on a background native
+    thread (see ``update``), as a thread that gives the GIL up for
+    microseconds of work can wait a whole switch interval to get it back.
 
     Examples
     --------
