@@ -1381,10 +1381,14 @@ cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
 # A tumbling window's handler folds its batch into the window's aggregator, and the
 # framework then spends about as long committing the invocation and starting the
 # next one (other shards' windows, other aggregators) as the fold took. So
-# update_batch of a batch under _NOGIL_ROWS rows hands the fold to one background
-# thread and returns: the fold runs beside the Python work, on the second core.
-# Every later call on that table first waits for the fold (_sync), so nothing can
-# see it half done; other tables, copies included, need not wait (see the module
+# update_batch(background=True) of a batch under _NOGIL_ROWS rows hands the fold to
+# one background thread and returns: the fold runs beside the Python work, on the
+# second core. The caller vouches that the batch's buffers do not change meanwhile
+# (the Python layer asks for it only for the records streamcore itself handed to a
+# handler: a numpy array under a user's batch may be refilled after update returns).
+# The table keeps the batch until its next call. Every later call on that table
+# first waits for the fold (_sync, under the table's lock), so nothing can see it
+# half done; other tables, copies included, need not wait (see the module
 # docstring: the writer of a shared block appends beyond what the other holders
 # use).
 #
@@ -1474,7 +1478,7 @@ cdef void* _bg_queue[_BG_QUEUE]    # GroupTables (borrowed: a queued table takes
                                    # back before it dies); NULL when taken back
 cdef uint64_t _bg_head = 0         # next to take (atomic: the idle spin reads it)
 cdef uint64_t _bg_tail = 0         # next free (atomic)
-cdef bint _bg_busy = False         # the thread runs a fold
+cdef int64_t _bg_live = 0          # folds queued or running, by the thread or a caller
 cdef int _bg_thread = 0            # 0: not started, 1: running, -1: could not be started
 cdef bint _bg_sleeping = False
 cdef int _bg_waiters = 0
@@ -1497,13 +1501,22 @@ cdef void* _bg_next_locked() noexcept nogil:
         job = _bg_queue[_bg_head % _BG_QUEUE]
         _store_u64(&_bg_head, _bg_head + 1)
         if job != NULL:
-            (<GroupTable>job).bg_state = _BG_RUNNING
+            _store_int(&(<GroupTable>job).bg_state, _BG_RUNNING)
             return job
     return NULL
 
 
+cdef void _bg_ended_locked(GroupTable t) noexcept nogil:
+    # t's fold is done (or dropped): say so, and wake whoever waits for a fold.
+    global _bg_live
+    _bg_live -= 1
+    _store_int(&t.bg_state, _BG_DONE)
+    if _bg_waiters:
+        pthread_cond_broadcast(&_bg_done)
+
+
 cdef void* _bg_main(void* arg) noexcept nogil:
-    global _bg_sleeping, _bg_busy, _bg_ran
+    global _bg_sleeping, _bg_ran
     cdef void* job
     cdef int64_t until
     cdef int i
@@ -1523,21 +1536,17 @@ cdef void* _bg_main(void* arg) noexcept nogil:
                 pthread_cond_wait(&_bg_posted, &_bg_lock)
                 _bg_sleeping = False
             continue
-        _bg_busy = True
         pthread_mutex_unlock(&_bg_lock)
         (<GroupTable>job).bg_rc = (<GroupTable>job)._fold_owned((<GroupTable>job).bg_rows, False)
         pthread_mutex_lock(&_bg_lock)
-        _bg_busy = False
         _bg_ran += 1
-        _store_int(&(<GroupTable>job).bg_state, _BG_DONE)
-        if _bg_waiters:
-            pthread_cond_broadcast(&_bg_done)
+        _bg_ended_locked(<GroupTable>job)
 
 
 cdef bint _bg_post(GroupTable t) noexcept nogil:
     # Queue t's fold (its inputs bound, room reserved); False when it must fold in
     # the call: no thread, or the queue is full.
-    global _bg_thread, _bg_queued
+    global _bg_thread, _bg_queued, _bg_live
     cdef pthread_t thread
     cdef sigset_t blocked, old
     cdef bint posted = False
@@ -1557,6 +1566,7 @@ cdef bint _bg_post(GroupTable t) noexcept nogil:
         _bg_queue[_bg_tail % _BG_QUEUE] = <void*>t
         _store_u64(&_bg_tail, _bg_tail + 1)
         _bg_queued += 1
+        _bg_live += 1
         if _bg_sleeping:
             pthread_cond_signal(&_bg_posted)
         posted = True
@@ -1572,10 +1582,13 @@ cdef bint _bg_finish(GroupTable t, bint run) noexcept nogil:
     if t.bg_state == _BG_QUEUED:
         _bg_queue[t.bg_ticket % _BG_QUEUE] = NULL
         _bg_taken_back += 1
-        t.bg_state = _BG_RUNNING
+        _store_int(&t.bg_state, _BG_RUNNING)
+        if run:
+            pthread_mutex_unlock(&_bg_lock)
+            t.bg_rc = t._fold_owned(t.bg_rows, False)
+            pthread_mutex_lock(&_bg_lock)
+        _bg_ended_locked(t)
         pthread_mutex_unlock(&_bg_lock)
-        t.bg_rc = t._fold_owned(t.bg_rows, False) if run else 0
-        _store_int(&t.bg_state, _BG_DONE)
         return True
     _bg_waiters += 1
     while t.bg_state == _BG_RUNNING:
@@ -1586,26 +1599,27 @@ cdef bint _bg_finish(GroupTable t, bint run) noexcept nogil:
 
 
 cdef void _bg_reset() noexcept nogil:
-    global _bg_head, _bg_tail, _bg_busy, _bg_thread, _bg_sleeping, _bg_waiters
+    global _bg_head, _bg_tail, _bg_live, _bg_thread, _bg_sleeping, _bg_waiters
     pthread_mutex_init(&_bg_lock, NULL)
     pthread_cond_init(&_bg_posted, NULL)
     pthread_cond_init(&_bg_done, NULL)
     _bg_head = 0
     _bg_tail = 0
-    _bg_busy = False
+    _bg_live = 0
     _bg_thread = 0
     _bg_sleeping = False
     _bg_waiters = 0
 
 
-# fork(): the prepare handler waits until no fold is queued or running, and holds
-# the lock so that none is posted meanwhile; the child has no background thread and
+# fork(): the prepare handler waits until no fold is queued or running (on the
+# thread, or taken back by a caller: neither needs the GIL to end), and holds the
+# lock so that none is posted meanwhile; the child has no background thread and
 # starts over (a queued fold would never end there).
 cdef void _bg_before_fork() noexcept nogil:
     global _bg_waiters
     pthread_mutex_lock(&_bg_lock)
     _bg_waiters += 1
-    while _bg_head != _bg_tail or _bg_busy:
+    while _bg_live:
         pthread_cond_wait(&_bg_done, &_bg_lock)
     _bg_waiters -= 1
 
@@ -1631,9 +1645,10 @@ _bg_enabled = _available_cpus() >= 2
 
 
 def background_folds(enabled=None):
-    """Whether ``update_batch`` of a batch under 65536 rows folds on the background
-    thread (see the source); with ``enabled``, set it. The default is True when the
-    process may run on two CPUs or more. Results are the same either way.
+    """Whether ``update_batch(..., background=True)`` of a batch under 65536 rows
+    folds on the background thread (see the source); with ``enabled``, set it. The
+    default is True when the process may run on two CPUs or more. Results are the
+    same either way.
 
     Returns the previous setting.
     """
@@ -1871,6 +1886,7 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
         for i in range(n_cols):
             p_codes[i], p_ats[i] = codes[i]
         with t._lock:
+            t._sync()
             for i in range(n_cols):
                 if p_codes[i] == OUT_KEY and t.keys[p_ats[i]].kind == K_BIN32:
                     k = p_ats[i]
@@ -1898,6 +1914,7 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
 # --- the table -----------------------------------------------------------------------
 
 @cython.final
+@cython.no_gc_clear  # a queued fold reads _bg_batch's buffers until __dealloc__ has waited
 cdef class GroupTable:
     """Per-group accumulators over an open-addressing hash table of group keys.
 
@@ -1966,7 +1983,7 @@ cdef class GroupTable:
             )
 
     def __dealloc__(self):
-        if _load_int(&self.bg_state) != _BG_NONE:
+        if _load_int(&self.bg_state) == _BG_QUEUED or _load_int(&self.bg_state) == _BG_RUNNING:
             with nogil:
                 _bg_finish(self, False)  # a queued fold is dropped: nobody will see it
         self._free_groups()
@@ -1974,11 +1991,13 @@ cdef class GroupTable:
         free(self.vals)
 
     def __len__(self):
-        self._sync()
-        return self.n_groups
+        with self._lock:
+            self._sync()
+            return self.n_groups
 
     cdef int _sync(self) except -1:
-        # Before any use of the table: wait for its background fold, if any.
+        # Before any use of the table (under its lock, so that no fold is posted
+        # meanwhile): wait for its background fold, if any.
         cdef int rc
         if self._bg_batch is None:
             return 0
@@ -1986,7 +2005,7 @@ cdef class GroupTable:
             with nogil:
                 _bg_finish(self, True)
         self._bg_batch = None
-        self.bg_state = _BG_NONE
+        _store_int(&self.bg_state, _BG_NONE)
         rc = self.bg_rc
         self.bg_rc = 0
         if rc != 0:  # cannot happen (_reserve made room); raised if it ever does
@@ -2078,10 +2097,11 @@ cdef class GroupTable:
         cdef int state = _load_int(&self.bg_state)
         if bound and (state == _BG_QUEUED or state == _BG_RUNNING):
             return self.bg_bound
-        self._sync()
-        for k in range(self.n_keys):
-            arena += self.keys[k].arena_len
-        return self._nbytes_for(self.n_groups, arena)
+        with self._lock:
+            self._sync()
+            for k in range(self.n_keys):
+                arena += self.keys[k].arena_len
+            return self._nbytes_for(self.n_groups, arena)
 
     cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil:
         # nbytes() of `groups` groups whose keys take `arena_bytes` (all key columns).
@@ -2310,6 +2330,10 @@ cdef class GroupTable:
             return -1
         if self.group_cap < need and self._grow_groups(_at_least(need, _MIN_GROUPS)):
             return -1
+        if self.bg_slots != NULL and <uint64_t>need * 2 > self.bg_mask + 1:
+            # Made by a reservation that failed later, for fewer rows.
+            _b_drop(self.bg_slots, _token(self), 0)
+            self.bg_slots = NULL
         if self.bg_slots == NULL and (self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1):
             # Only the memory: the fold zeroes it and moves the groups in (_fold_owned).
             capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS)
@@ -2457,13 +2481,14 @@ cdef class GroupTable:
                 self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             _run_fold(self, n, False)
 
-    def update_batch(self, batch, list key_idx, list value_idx):
+    def update_batch(self, batch, list key_idx, list value_idx, bint background=False):
         """Fold a ``pyarrow.RecordBatch``: its columns ``key_idx`` (one per key column)
         and ``value_idx`` (one per value column), in constructor order.
 
         What ``update`` does for the columns of a batch, with less work per call.
-        A batch of fewer than 65536 rows may fold on the background thread after
-        the call returns (see ``background_folds``).
+        ``background``: a batch of fewer than 65536 rows may fold on the background
+        thread after the call returns (see ``background_folds``); the caller
+        vouches that nothing changes the batch's buffers meanwhile.
         """
         cdef Py_ssize_t k
         cdef Py_ssize_t j
@@ -2485,7 +2510,7 @@ cdef class GroupTable:
                 arr, name, dtype = column(value_idx[j]), self._value_names[j], self._value_types[j]
                 _bind_array(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             n = batch.num_rows
-            if _bg_enabled and 0 < n < _NOGIL_ROWS:
+            if background and _bg_enabled and 0 < n < _NOGIL_ROWS:
                 rc = self._reserve(n)
                 if rc == -1:
                     raise MemoryError()
@@ -2610,7 +2635,6 @@ cdef class GroupTable:
     def state_columns(self):
         """The partial state as arrays, one per field of ``state_schema()``."""
         names, codes = self._state_layout()
-        self._sync()
         return self._export(codes, self._schema(names, codes)).columns
 
     def result_batch(self, list names, list layout):
@@ -2619,7 +2643,6 @@ cdef class GroupTable:
         (index ignored), ``"sum"``, ``"min"``, ``"max"``, ``"mean"`` (asked for at
         construction); ``names`` names every column."""
         out = _result_layout(self, names, layout)
-        self._sync()
         return self._export(out[2], out[3])
 
 

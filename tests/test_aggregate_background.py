@@ -1,9 +1,11 @@
-"""Background folds: ``Aggregator.update`` of a small batch may fold on another thread.
+"""Background folds: a handler's ``Aggregator.update(batch.records)`` may fold on another thread.
 
 Whatever the timing (the thread folds it, or the table takes it back), every
 call after ``update`` must see the fold done, results must equal folding in the
 call, a table dropped, copied or forked with a fold pending must stay sound,
-and every fold handed over must be accounted for.
+and every fold handed over must be accounted for. Only the records the
+framework hands a handler fold this way (``fold`` below marks them so); a
+user's own records fold in the call.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import streamcore as sc
 from streamcore import _aggregate
-from streamcore.aggregate import Aggregator
+from streamcore.aggregate import Aggregator, handing
 from streamcore.windows import state_nbytes
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
@@ -32,6 +35,12 @@ def background_on() -> Iterator[None]:
     previous = _aggregate.background_folds(True)
     yield
     _aggregate.background_folds(previous)
+
+
+def fold(agg: Aggregator, records: pa.RecordBatch) -> None:
+    """``agg.update(records)`` as a handler's update of its ``batch.records``."""
+    with handing(records):
+        agg.update(records)
 
 
 def spec() -> Aggregator:
@@ -76,13 +85,13 @@ def test_background_and_inline_folds_give_the_same_results(
         for i, step in enumerate(steps):
             records = batches[i % len(batches)] if batches else batch([], [])
             if step == "update":
-                agg.update(records)
-                side.update(records)
+                fold(agg, records)
+                fold(side, records)
             elif step == "copy":
                 copies.append(agg)
                 agg = agg.copy()  # the old one stays alive: a stale copy, updated below
             elif step == "drop_copy" and copies:
-                copies.pop().update(records)  # a fold queued on a table about to be dropped
+                fold(copies.pop(), records)  # a fold queued on a table about to be dropped
             elif step == "merge":
                 agg.merge(side)
             elif step == "len":
@@ -103,7 +112,7 @@ def test_every_fold_handed_over_is_run_once() -> None:
     posted, ran, taken_back = _aggregate.background_stats()
     for _ in range(4):
         for agg in aggs:
-            agg.update(records)
+            fold(agg, records)
     for agg in aggs:
         assert len(agg) == 37
         assert agg.result()["count"].to_pylist() == [4 * len(range(g, 500, 37)) for g in range(37)]
@@ -116,7 +125,7 @@ def test_inline_folds_when_turned_off() -> None:
     _aggregate.background_folds(False)
     before = _aggregate.background_stats()
     agg = spec()
-    agg.update(batch(["a", "b", "a"], [1.0, 2.0, 3.0]))
+    fold(agg, batch(["a", "b", "a"], [1.0, 2.0, 3.0]))
     assert _aggregate.background_stats() == before
     assert agg.result()["value_sum"].to_pylist() == [4.0, 2.0]
     assert _aggregate.background_folds(True) is False
@@ -125,31 +134,31 @@ def test_inline_folds_when_turned_off() -> None:
 def test_large_batches_fold_in_the_call() -> None:
     before = _aggregate.background_stats()
     agg = Aggregator(by=["user"])
-    agg.update(batch([f"u{i % 1000}" for i in range(1 << 16)], [0.0] * (1 << 16)))
+    fold(agg, batch([f"u{i % 1000}" for i in range(1 << 16)], [0.0] * (1 << 16)))
     assert _aggregate.background_stats() == before
     assert len(agg) == 1000
 
 
 def test_dropping_tables_with_folds_pending() -> None:
     original = spec()
-    original.update(batch(["a", "b"], [1.0, 2.0]))
+    fold(original, batch(["a", "b"], [1.0, 2.0]))
     expected = rows(original)
     records = batch([f"k{i}" for i in range(3000)], [1.0] * 3000)
     for _ in range(200):
         twin = original.copy()
-        twin.update(records)  # its fold appends to blocks the original shares
+        fold(twin, records)  # its fold appends to blocks the original shares
         del twin
     gc.collect()
     assert rows(original) == expected
     again = original.copy()
-    again.update(records)
+    fold(again, records)
     assert len(again) == 3002
 
 
 def test_copies_and_results_wait_for_the_fold() -> None:
     agg = spec()
     for i in range(100):
-        agg.update(batch([f"u{i}", f"u{i + 1}"], [1.0, 1.0]))
+        fold(agg, batch([f"u{i}", f"u{i + 1}"], [1.0, 1.0]))
         twin = agg.copy()
         assert len(twin) == i + 2
         agg = twin
@@ -159,7 +168,7 @@ def test_copies_and_results_wait_for_the_fold() -> None:
 def test_size_bound_is_never_below_the_size() -> None:
     agg = spec()
     for i in range(50):
-        agg.update(batch([f"user-{i}-{j}" for j in range(100)], [1.0] * 100))
+        fold(agg, batch([f"user-{i}-{j}" for j in range(100)], [1.0] * 100))
         bound = agg._nbytes_bound()
         exact = agg.nbytes
         assert exact <= bound
@@ -170,9 +179,9 @@ def test_window_state_limit_decides_on_the_exact_size() -> None:
     # A bound may stand in for the size only when it keeps within the limit.
     for i in range(30):
         agg = spec()
-        agg.update(batch([f"u{j}" for j in range(i * 10)], [1.0] * (i * 10)))
+        fold(agg, batch([f"u{j}" for j in range(i * 10)], [1.0] * (i * 10)))
         twin = agg.copy()
-        twin.update(batch([f"v{j}" for j in range(500)], [1.0] * 500))
+        fold(twin, batch([f"v{j}" for j in range(500)], [1.0] * 500))
         state = {"agg": twin, "n": i}
         exact = state_nbytes(state)
         assert state_nbytes(state, exact) <= exact
@@ -188,7 +197,7 @@ def test_threads_with_their_own_aggregators() -> None:
         aggs = [spec() for _ in range(20)]
         for _ in range(3):
             for k, agg in enumerate(aggs):
-                agg.update(records[k % 5])
+                fold(agg, records[k % 5])
                 aggs[k] = agg.copy()
         out.extend(rows(a) for a in aggs)
 
@@ -211,13 +220,13 @@ def test_fork_with_folds_pending() -> None:
     aggs = [spec() for _ in range(30)]
     records = batch([f"u{i % 250}" for i in range(2000)], [1.0] * 2000)
     for agg in aggs:
-        agg.update(records)
+        fold(agg, records)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its tables must have no fold pending, and new folds work
         try:
             sizes = [len(a) for a in aggs]
-            aggs[0].update(batch(["new"], [1.0]))
+            fold(aggs[0], batch(["new"], [1.0]))
             sizes.append(len(aggs[0]))
             os.write(write, repr(sizes).encode())
         finally:
@@ -228,3 +237,38 @@ def test_fork_with_folds_pending() -> None:
     os.waitpid(pid, 0)
     assert child == repr([250] * 30 + [251])
     assert [len(a) for a in aggs] == [250] * 30
+
+
+def test_a_users_own_records_fold_in_the_call() -> None:
+    before = _aggregate.background_stats()
+    agg = spec()
+    records = batch(["a", "b", "a"], [1.0, 2.0, 3.0])
+    agg.update(records)
+    with handing(batch(["x"], [0.0])):  # other records than the ones handed over
+        agg.update(records)
+    assert _aggregate.background_stats() == before
+    assert agg.result()["value_sum"].to_pylist() == [8.0, 4.0]
+
+
+def test_a_window_handler_folds_in_the_background() -> None:
+    clock = sc.VirtualClock(start=0.0)
+    stream = sc.MemoryStream(shards=2, clock=clock)
+    for minute in range(3):
+        clock.advance_to(60.0 * minute)
+        stream.put(pa.table({"user": [f"u{i % 30}" for i in range(500)], "value": [1.0] * 500}), key="user")
+    totals: list[int] = []
+
+    def handler(batch: sc.Batch) -> None:
+        agg = batch.state.setdefault("agg", Aggregator(by="user", sum="value"))
+        if batch.is_final:
+            totals.append(int(sum(agg.result()["count"].to_pylist())))
+        else:
+            agg.update(batch.records)
+
+    before = _aggregate.background_stats()
+    with sc.App(clock=clock, concurrency=1) as app:
+        app.consumer(stream, batch_size=100, tumbling_window=60)(handler)
+        app.run(until_idle=True)
+    queued, ran, taken_back = (b - a for a, b in zip(before, _aggregate.background_stats(), strict=True))
+    assert sum(totals) >= 1000  # the last window may still be open
+    assert queued > 0 and ran + taken_back == queued

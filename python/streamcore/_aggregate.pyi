@@ -13,7 +13,7 @@ def floor_multiple(arr: pa.Array, size: int) -> pa.Array:
     """``floor(value / size) * size`` of every element of an int64 or uint64 array."""
 
 def background_folds(enabled: bool | None = None) -> bool:
-    """Whether small ``update_batch`` calls fold on the background thread; with an argument, set it."""
+    """Whether small ``update_batch(background=True)`` calls fold on the background thread; set it."""
 
 def background_stats() -> tuple[int, int, int]:
     """(folds queued, run by the background thread, taken back by their table), for tests."""
@@ -44,8 +44,11 @@ class GroupTable:
     def update(self, key_arrays: list[pa.Array], value_arrays: list[pa.Array]) -> None:
         """Fold rows: one equal-length array per key and value column."""
 
-    def update_batch(self, batch: pa.RecordBatch, key_idx: list[int], value_idx: list[int]) -> None:
-        """Fold a record batch: the positions of its key columns, then of its value columns."""
+    def update_batch(
+        self, batch: pa.RecordBatch, key_idx: list[int], value_idx: list[int], background: bool = False
+    ) -> None:
+        """Fold a record batch: the positions of its key columns, then of its value columns
+        (``background``: maybe on the background thread, after the call returns)."""
 
     def input_types(self) -> list[pa.DataType]:
         """The key column types, then the value column types."""

@@ -19,7 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import numbers
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -149,6 +151,23 @@ class _Spec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"by": list(self.by), "count": self.count, **{op: list(v) for op, v in self.ops.items()}}
+
+
+# Per thread, in `records`, the records (Batch.records) the framework handed the
+# handler running on it: streamcore made them and nothing changes their buffers, so
+# their folds may go to the background thread. The consumer sets it around each
+# handler call (an attribute store: this runs per invocation).
+handed = threading.local()
+
+
+@contextmanager
+def handing(records: pa.RecordBatch) -> Iterator[None]:
+    """While the block runs on this thread, ``records`` count as handed to a handler."""
+    handed.records = records
+    try:
+        yield
+    finally:
+        handed.records = None
 
 
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
@@ -342,15 +361,17 @@ class Aggregator:
 
         Notes
         -----
-        A batch under 65536 rows may be folded on a background thread after
-        ``update`` returns, so that the fold runs beside the caller's next
-        Python work (in a tumbling window: the framework committing the
-        invocation and starting the next). The records are checked and room
-        for their groups is made before it returns, so the fold cannot fail;
-        every later call on this aggregator (``len``, ``result``, ``copy``,
+        Inside a handler, ``update(batch.records)`` of fewer than 65536 rows
+        may return before the fold is done: the fold runs on a background
+        native thread beside the framework's work (committing the invocation,
+        starting the next). The records are checked and room for their
+        groups is made before it returns, so the fold cannot fail; every
+        later call on this aggregator (``len``, ``result``, ``copy``,
         ``update`` ...) waits for it, or runs it itself if the thread has not
-        started it yet. Results are the same as folding in the call.
-        ``streamcore._aggregate.background_folds(False)`` turns this off.
+        started it yet, so results are the same as folding in the call. Only
+        the records streamcore handed the handler fold this way (their
+        buffers cannot change); other records fold in the call.
+        ``streamcore._aggregate.background_folds(False)`` turns it off.
 
         Raises
         ------
@@ -407,7 +428,10 @@ class Aggregator:
             ]
             table.update(keys, [column(i) for i in plan.value_idx])
         else:
-            table.update_batch(batch, plan.key_idx, plan.value_idx)
+            # The records streamcore handed the running handler cannot change: their
+            # fold may run on the background thread (see update).
+            background = batch is getattr(handed, "records", None)
+            table.update_batch(batch, plan.key_idx, plan.value_idx, background)
 
     def merge(self, other: Aggregator) -> None:
         """Fold another aggregator's groups into this one (``other`` is unchanged).

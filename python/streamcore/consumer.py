@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from streamcore import _hashing
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
+from streamcore.aggregate import handed
 from streamcore.batch import Batch
 from streamcore.checkpoints import CheckpointStore, ShardProgress
 from streamcore.clock import Clock
@@ -344,10 +345,13 @@ class StreamConsumer:
             is_final=work.kind == FINAL,
             terminated_early=work.early,
         )
+        handed.records = records  # an Aggregator may fold these in the background
         try:
             result = self.handler(batch)
         except BaseException as exc:  # a failing handler is an outcome, not a crash
             return Outcome(error=f"{type(exc).__name__}: {exc}", function_error=True)
+        finally:
+            handed.records = None
         state = None
         state_bytes = 0
         if window is not None:
