@@ -534,6 +534,17 @@ cdef class ShardDispatcher:
         return (lane.buf[lane.head].arrival_ms,
                 lane.buf[lane.head + lane.inflight_n - 1].arrival_ms)
 
+    def batch_info(self, Py_ssize_t lane_idx):
+        """``(first_seq, last_seq, contiguous, last_arrival)`` of the lane's batch in flight:
+        ``batch_bounds`` and the last of ``batch_arrivals`` in one call (one per batch)."""
+        cdef Lane* lane = self._lane(lane_idx)
+        if not lane.in_flight:
+            raise ValueError(f"lane {lane_idx} has no batch in flight")
+        cdef Entry* first = &lane.buf[lane.head]
+        cdef Entry* last = &lane.buf[lane.head + lane.inflight_n - 1]
+        return (first.seq, last.seq, last.seq - first.seq == <uint64_t>(lane.inflight_n - 1),
+                last.arrival_ms)
+
     # -- outcomes --------------------------------------------------------------
 
     cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept nogil:
@@ -689,6 +700,10 @@ cdef class ShardDispatcher:
             raise ValueError(f"lane {lane_idx} has no open window")
         lane.final_pending = True
         lane.final_early = True
+
+    def closing_early(self, Py_ssize_t lane_idx):
+        """Whether the lane's due closing is early (its state outgrew its limit)."""
+        return self._lane(lane_idx).final_early
 
     def open_window(self, Py_ssize_t lane_idx):
         """Index (start // size) of the lane's open window, or None."""
