@@ -101,7 +101,10 @@ class MemoryCheckpoints(CheckpointStore):
 
     def save(self, consumer: str, progress: dict[int, ShardProgress]) -> None:
         with self._lock:
-            self._data.setdefault(consumer, {}).update(progress)
+            saved = self._data.get(consumer)
+            if saved is None:  # not setdefault: that makes a dict on every save
+                saved = self._data[consumer] = {}
+            saved.update(progress)
 
     def __repr__(self) -> str:
         return f"MemoryCheckpoints(consumers={sorted(self._data)})"

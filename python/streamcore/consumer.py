@@ -8,8 +8,8 @@ delivers discarded records to ``on_failure``) without it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from streamcore import _hashing
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.aggregate import handed
-from streamcore.batch import Batch
+from streamcore.batch import Batch, make_batch
 from streamcore.checkpoints import CheckpointStore, ShardProgress
 from streamcore.clock import Clock
 from streamcore.failures import (
@@ -55,6 +55,10 @@ COUNTERS = (*BASE_COUNTERS, "records_expired")
 
 # Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
 DELIVERY_RETRY_DELAY = 1.0
+
+# The state a lane's first invocation in a window starts from (only ever copied).
+_NO_STATE: dict[str, Any] = {}
+_NEVER = float("inf")  # the deadline of an invocation without a timeout
 
 
 class ShardState:
@@ -93,24 +97,28 @@ class Work:
     offsets: pa.Array | None
     last_arrival_ms: int
     epoch: int
-    deadline: float = float("inf")  # clock time at which the invocation times out
-    thread: int = 0  # ident of the worker thread running it
-    timed_out: bool = False
+    deadline: float = _NEVER  # clock time at which the invocation times out
     window: int | None = None  # tumbling window index
     state: dict[str, Any] | None = None  # this invocation's private copy of the window state
     early: bool = False  # a closing invocation because the state outgrew its limit
+    thread: int = 0  # ident of the worker thread running it
+    timed_out: bool = False
 
 
 @dataclass(slots=True)
 class Outcome:
-    """What an action produced. ``error`` None and ``failed`` empty is a success."""
+    """What an action produced. ``error`` None and ``failed`` empty is a success.
 
-    error: str | None = None
-    function_error: bool = False  # an exception or a timeout, rather than a bad response
-    failed: list[int] = field(default_factory=list)  # partial response: failed seqs
-    done: int = 0  # partial response: records before the lowest failed seq
+    A success is built positionally, ``Outcome(state, state_bytes)``: keyword
+    arguments to a class call cost a dict per call, and one is built per batch.
+    """
+
     state: dict[str, Any] | None = None  # tumbling windows: the state to commit
     state_bytes: int = 0  # its serialised size, for the max_state_bytes limit
+    error: str | None = None
+    function_error: bool = False  # an exception or a timeout, rather than a bad response
+    failed: Sequence[int] = ()  # partial response: failed seqs
+    done: int = 0  # partial response: records before the lowest failed seq
 
 
 class StreamConsumer:
@@ -133,6 +141,10 @@ class StreamConsumer:
         self.store = store
         self.clock = clock
         self.counters = dict.fromkeys(COUNTERS, 0)
+        # Options read on every invocation (StreamOptions is frozen).
+        self._timeout = options.timeout
+        self._window_ms = int(options.tumbling_window * 1000) if options.tumbling_window else 0
+        self._report_failures = options.report_failures
         self.iterator_age_ms = 0
         self.in_flight = 0
         # Records read ahead of the oldest one not done, per shard. One lane only
@@ -228,16 +240,10 @@ class StreamConsumer:
     def workers_wanted(self) -> int:
         return self.options.parallelization * len(self.shards)
 
-    def _ingest(self, state: ShardState) -> None:
+    def _ingest(self, state: ShardState, room: int, now: float) -> None:
+        """Read up to ``room`` more records of the shard's log into its dispatcher."""
         dispatcher = state.dispatcher
         log = state.log
-        if log.next_seq <= dispatcher.next_read:
-            return
-        pending = dispatcher.pending()
-        if pending >= self.refill_below:
-            return
-        room = self.read_ahead - pending
-        now = self.clock.now()
         before = dispatcher.next_read
         with self.stream._lock:
             if dispatcher.next_read < log.trim_seq:
@@ -259,16 +265,20 @@ class StreamConsumer:
     def next_work(self, state: ShardState, epoch: int) -> Work | None:
         """Start the shard's next ready action, if any."""
         dispatcher = state.dispatcher
-        if state.ended or (state.log.parents and self._blocked(state)):
+        log = state.log
+        if state.ended or (log.parents and self._blocked(state)):
             return None
-        if state.log.trim_seq > 0 and dispatcher.checkpoint() + 1 < state.log.trim_seq:
+        if log.trim_seq > 0 and dispatcher.checkpoint() + 1 < log.trim_seq:
             # Retention removed records this consumer had read but not done: they are lost.
-            self.counters["records_expired"] += dispatcher.drop_before(state.log.trim_seq)
+            self.counters["records_expired"] += dispatcher.drop_before(log.trim_seq)
             self._checkpoint(state)
-        self._ingest(state)
-        if state.log.closed and dispatcher.next_read >= state.log.next_seq and not dispatcher.at_end:
+        now = self.clock.now()  # one reading serves the ingest and the poll
+        if log.next_seq > dispatcher.next_read:
+            pending = dispatcher.pending()
+            if pending < self.refill_below:
+                self._ingest(state, self.read_ahead - pending, now)
+        if log.closed and dispatcher.next_read >= log.next_seq and not dispatcher.at_end:
             dispatcher.end_of_shard()
-        now = self.clock.now()
         polled = dispatcher.poll(now)
         if polled is None:
             if dispatcher.at_end and dispatcher.finished():
@@ -276,27 +286,31 @@ class StreamConsumer:
             return None
         lane, count, attempt, kind = polled
         self.in_flight += 1
-        if kind == FINAL:
-            work = Work(self, state, lane, 0, attempt, kind, -1, -1, True, 0, None, 0, epoch)
-        else:
-            first, last, contiguous = dispatcher.batch_bounds(lane)
-            base = first
-            offsets = None
-            if not contiguous:
-                base = state.log.chunk_start(first)
-                offsets = dispatcher.batch_offsets(lane, base)
-            work = Work(
-                self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
-                dispatcher.batch_arrivals(lane)[1], epoch,
-            )
+        deadline = _NEVER
+        window = window_state = None
+        early = False
         if kind in (INVOKE, FINAL):
-            if self.options.timeout is not None:
-                work.deadline = now + self.options.timeout
-            if self.options.tumbling_window:
-                work.window = dispatcher.open_window(lane)
-                work.state = copy_state(state.windows.get(lane, {}))
-                work.early = kind == FINAL and dispatcher.lane_state(lane)["final_early"]
-        return work
+            if self._timeout is not None:
+                deadline = now + self._timeout
+            if self._window_ms:
+                window = dispatcher.open_window(lane)
+                window_state = copy_state(state.windows.get(lane, _NO_STATE))
+                early = kind == FINAL and dispatcher.closing_early(lane)
+        if kind == FINAL:
+            return Work(
+                self, state, lane, 0, attempt, kind, -1, -1, True, 0, None, 0, epoch,
+                deadline, window, window_state, early,
+            )
+        first, last, contiguous, last_arrival_ms = dispatcher.batch_info(lane)
+        base = first
+        offsets = None
+        if not contiguous:
+            base = log.chunk_start(first)
+            offsets = dispatcher.batch_offsets(lane, base)
+        return Work(
+            self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
+            last_arrival_ms, epoch, deadline, window, window_state, early,
+        )
 
     def next_deadline(self) -> tuple[float, float]:
         """``(due, upcoming)`` over every shard: see ``ShardDispatcher.next_deadline``."""
@@ -326,24 +340,15 @@ class StreamConsumer:
             records = self.read(work)
         except Exception as exc:  # the log lost the records (retention): say so, retry later
             return Outcome(error=f"cannot read records: {exc!r}", function_error=True)
-        if work.kind not in (INVOKE, FINAL):
+        kind = work.kind
+        if kind not in (INVOKE, FINAL):
             return self._discard(work, records)
         window = None
         if work.window is not None:
-            assert self.options.tumbling_window is not None
-            window = window_bounds(work.window, int(self.options.tumbling_window * 1000))
-        batch = Batch(
-            records,
-            source=self.stream.name,
-            shard=work.unit.shard_id,
-            lane=work.lane,
-            first_seq=work.first_seq,
-            last_seq=work.last_seq,
-            attempt=work.attempt,
-            window=window,
-            state=work.state,
-            is_final=work.kind == FINAL,
-            terminated_early=work.early,
+            window = window_bounds(work.window, self._window_ms)
+        batch = make_batch(
+            records, self.stream.name, work.unit.shard_id, work.lane, work.first_seq, work.last_seq,
+            work.attempt, window, work.state, kind == FINAL, work.early,
         )
         handed.records = records  # an Aggregator may fold these in the background
         try:
@@ -364,18 +369,18 @@ class StreamConsumer:
                 state_bytes = state_nbytes(state, self.options.max_state_bytes)
             except TypeError as exc:
                 return Outcome(error=f"invalid window state: {exc}")
-        if not self.options.report_failures:
-            return Outcome(state=state, state_bytes=state_bytes)
+        if not self._report_failures:
+            return Outcome(state, state_bytes)
         seqs = records.column("seq")
         try:
             failed = failed_seqs(result, seqs)
         except InvalidResponse as exc:
             return Outcome(error=f"invalid batch response: {exc}")
         if not failed:
-            return Outcome(state=state, state_bytes=state_bytes)
+            return Outcome(state, state_bytes)
         lowest = min(failed)
         done = lowest - work.first_seq if work.contiguous else pc.index(seqs, lowest).as_py()
-        return Outcome(failed=failed, done=done, state=state, state_bytes=state_bytes)
+        return Outcome(state, state_bytes, failed=failed, done=done)
 
     def _discard(self, work: Work, records: pa.RecordBatch) -> Outcome:
         message, function_error = work.unit.last_error.get(work.lane, (None, False))
@@ -417,10 +422,11 @@ class StreamConsumer:
         state = work.unit
         dispatcher = state.dispatcher
         counters = self.counters
-        if work.kind != FINAL and work.first_seq < state.log.trim_seq:
+        kind = work.kind
+        if kind != FINAL and work.first_seq < state.log.trim_seq:
             dispatcher.release(work.lane)  # its records expired meanwhile; next_work drops them
             return
-        if work.kind not in (INVOKE, FINAL):
+        if kind not in (INVOKE, FINAL):
             if outcome.error is not None:
                 dispatcher.defer(work.lane, now + DELIVERY_RETRY_DELAY)
                 return
@@ -431,14 +437,16 @@ class StreamConsumer:
         counters["invocations"] += 1
         self.iterator_age_ms = max(0, int(now * 1000) - work.last_arrival_ms)
         if outcome.error is None and not outcome.failed:
-            self._commit_window(work, outcome)
+            if work.window is not None:
+                self._commit_window(work, outcome)
             dispatcher.complete(work.lane, now)
             counters["records_done"] += work.count
             self._checkpoint(state)
             return
         jitter = self.clock.random()
         if outcome.failed:
-            self._commit_window(work, outcome)
+            if work.window is not None:
+                self._commit_window(work, outcome)
             state.last_error[work.lane] = (None, False)
             verdict = dispatcher.partial(work.lane, outcome.done, now, jitter)
             counters["records_done"] += outcome.done
@@ -454,8 +462,7 @@ class StreamConsumer:
             counters["bisects"] += 1
 
     def _commit_window(self, work: Work, outcome: Outcome) -> None:
-        if work.window is None:
-            return
+        """Commit a windowed invocation's state (``work.window`` is not None)."""
         windows = work.unit.windows
         if work.kind == FINAL:
             if work.early:
@@ -479,8 +486,12 @@ class StreamConsumer:
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
         # Lanes may have moved even when the shard checkpoint did not.
-        states = {lane: [dispatcher.open_window(lane), s] for lane, s in state.windows.items()}
-        progress = ShardProgress(seq, dispatcher.lane_progress(), states=states or None)
+        states = None
+        if state.windows:
+            states = {}
+            for lane, window_state in state.windows.items():
+                states[lane] = [dispatcher.open_window(lane), window_state]
+        progress = ShardProgress(seq, dispatcher.lane_progress(), states=states)
         self.store.save(self.name, {state.shard_id: progress})
         self.counters["checkpoints_written"] += 1
 

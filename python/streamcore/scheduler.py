@@ -160,6 +160,7 @@ class Scheduler:
     # -- workers ---------------------------------------------------------------
 
     def _worker(self, worker_id: int) -> None:
+        ident = threading.get_ident()
         with self.lock:
             while not self._shutdown:
                 work = None
@@ -171,7 +172,7 @@ class Scheduler:
                     self.work_cond.wait()
                     self._idle_workers -= 1
                     continue
-                work.thread = threading.get_ident()
+                work.thread = ident
                 self._in_flight.add(work)
                 self.lock.release()
                 try:
