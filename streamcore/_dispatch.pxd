@@ -73,6 +73,8 @@ cdef class ShardDispatcher:
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
     cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil
     cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil
+    cdef Py_ssize_t _start_next(self, double now, Py_ssize_t* count, int* kind, int64_t* attempt) noexcept nogil
+    cdef int64_t _checkpoint(self) noexcept nogil
     cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil
     cdef void _reset_head(self, Lane* lane) noexcept nogil
     cdef void _drop_pinned_front(self, Lane* lane) noexcept nogil

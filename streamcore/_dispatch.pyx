@@ -457,6 +457,32 @@ cdef class ShardDispatcher:
             at = opened + self.batch_window
         return expires if expires < at else at
 
+    cdef Py_ssize_t _start_next(self, double now, Py_ssize_t* count, int* kind, int64_t* attempt) noexcept nogil:
+        # Start the next ready action (see ``poll``): its lane, or -1 when none is ready.
+        cdef Py_ssize_t k, idx
+        cdef Lane* lane
+        for k in range(self.n_lanes):
+            idx = (self.rr + k) % self.n_lanes
+            lane = &self.lanes[idx]
+            if self._ready_at(lane, now, count, kind) <= now and count[0]:
+                lane.in_flight = True
+                lane.inflight_kind = kind[0]
+                if kind[0] == _FINAL:
+                    count[0] = 0
+                elif kind[0] == NONE and self.window_ms and lane.open_window == NO_WINDOW:
+                    lane.open_window = self._window_of(lane.buf[lane.head].arrival_ms)
+                lane.inflight_n = count[0]
+                self.in_flight += 1
+                self.rr = (idx + 1) % self.n_lanes
+                if kind[0] == RETRY_ATTEMPTS_EXHAUSTED:
+                    attempt[0] = lane.doomed_attempts
+                elif kind[0] == RECORD_AGE_EXCEEDED:
+                    attempt[0] = lane.attempt - 1 if lane.attempt > 1 else 1
+                else:
+                    attempt[0] = lane.attempt
+                return idx
+        return -1
+
     def poll(self, double now):
         """Start the next ready action: ``(lane, count, attempt, kind)``, or None.
 
@@ -466,31 +492,40 @@ cdef class ShardDispatcher:
         until ``complete``, ``fail``, ``partial``, ``discarded`` or ``release``.
         Lanes are visited round-robin.
         """
-        cdef Py_ssize_t k, idx, count
+        cdef Py_ssize_t count
         cdef int kind
         cdef int64_t attempt
-        cdef Lane* lane
-        for k in range(self.n_lanes):
-            idx = (self.rr + k) % self.n_lanes
-            lane = &self.lanes[idx]
-            if self._ready_at(lane, now, &count, &kind) <= now and count:
-                lane.in_flight = True
-                lane.inflight_kind = kind
-                if kind == _FINAL:
-                    count = 0
-                elif kind == NONE and self.window_ms and lane.open_window == NO_WINDOW:
-                    lane.open_window = self._window_of(lane.buf[lane.head].arrival_ms)
-                lane.inflight_n = count
-                self.in_flight += 1
-                self.rr = (idx + 1) % self.n_lanes
-                if kind == RETRY_ATTEMPTS_EXHAUSTED:
-                    attempt = lane.doomed_attempts
-                elif kind == RECORD_AGE_EXCEEDED:
-                    attempt = lane.attempt - 1 if lane.attempt > 1 else 1
-                else:
-                    attempt = lane.attempt
-                return (idx, count, attempt, kind)
-        return None
+        cdef Py_ssize_t idx = self._start_next(now, &count, &kind, &attempt)
+        if idx < 0:
+            return None
+        return (idx, count, attempt, kind)
+
+    def poll_batch(self, double now):
+        """``poll``, and what the caller asks next about the action, in one call (one per batch):
+        ``(lane, count, attempt, kind, first_seq, last_seq, contiguous, last_arrival, window,
+        early)``, or None.
+
+        The batch's bounds and last arrival are those of ``batch_info`` (``-1, -1, True, 0``
+        for a closing, which has no records); ``window`` is the lane's open window for an
+        invocation or a closing with tumbling windows (None otherwise, and for a discard);
+        ``early`` is ``closing_early`` for a closing (False otherwise).
+        """
+        cdef Py_ssize_t count
+        cdef int kind
+        cdef int64_t attempt
+        cdef Py_ssize_t idx = self._start_next(now, &count, &kind, &attempt)
+        if idx < 0:
+            return None
+        cdef Lane* lane = &self.lanes[idx]
+        window = None
+        if (kind == NONE or kind == _FINAL) and lane.open_window != NO_WINDOW:
+            window = lane.open_window
+        if kind == _FINAL:
+            return (idx, count, attempt, kind, -1, -1, True, 0, window, bool(lane.final_early))
+        cdef Entry* first = &lane.buf[lane.head]
+        cdef Entry* last = &lane.buf[lane.head + count - 1]
+        return (idx, count, attempt, kind, first.seq, last.seq,
+                last.seq - first.seq == <uint64_t>(count - 1), last.arrival_ms, window, False)
 
     def next_deadline(self, double now):
         """``(due, upcoming)``: the earliest ready time of any lane's next action, and the
@@ -533,17 +568,6 @@ cdef class ShardDispatcher:
         cdef Lane* lane = self._lane(lane_idx)
         return (lane.buf[lane.head].arrival_ms,
                 lane.buf[lane.head + lane.inflight_n - 1].arrival_ms)
-
-    def batch_info(self, Py_ssize_t lane_idx):
-        """``(first_seq, last_seq, contiguous, last_arrival)`` of the lane's batch in flight:
-        ``batch_bounds`` and the last of ``batch_arrivals`` in one call (one per batch)."""
-        cdef Lane* lane = self._lane(lane_idx)
-        if not lane.in_flight:
-            raise ValueError(f"lane {lane_idx} has no batch in flight")
-        cdef Entry* first = &lane.buf[lane.head]
-        cdef Entry* last = &lane.buf[lane.head + lane.inflight_n - 1]
-        return (first.seq, last.seq, last.seq - first.seq == <uint64_t>(lane.inflight_n - 1),
-                last.arrival_ms)
 
     # -- outcomes --------------------------------------------------------------
 
@@ -701,10 +725,6 @@ cdef class ShardDispatcher:
         lane.final_pending = True
         lane.final_early = True
 
-    def closing_early(self, Py_ssize_t lane_idx):
-        """Whether the lane's due closing is early (its state outgrew its limit)."""
-        return self._lane(lane_idx).final_early
-
     def open_window(self, Py_ssize_t lane_idx):
         """Index (start // size) of the lane's open window, or None."""
         cdef Lane* lane = self._lane(lane_idx)
@@ -755,14 +775,21 @@ cdef class ShardDispatcher:
                 return False
         return True
 
-    def checkpoint(self):
-        """Highest seq S with every record <= S done (-1 when none is)."""
+    cdef int64_t _checkpoint(self) noexcept nogil:
         cdef uint64_t low = self.next_read
         cdef Py_ssize_t i
         for i in range(self.n_lanes):
             if self.lanes[i].head != self.lanes[i].tail and self.lanes[i].buf[self.lanes[i].head].seq < low:
                 low = self.lanes[i].buf[self.lanes[i].head].seq
         return <int64_t>low - 1
+
+    def checkpoint(self):
+        """Highest seq S with every record <= S done (-1 when none is)."""
+        return self._checkpoint()
+
+    def progress(self):
+        """``(checkpoint(), lane_progress())``: what the checkpoint store is given after each batch."""
+        return (self._checkpoint(), [self.lanes[i].done_seq for i in range(self.n_lanes)])
 
     def pending(self):
         """Records read but not done, over all lanes (in flight included)."""
