@@ -20,7 +20,7 @@ from streamcore import _hashing
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.aggregate import handed
 from streamcore.batch import Batch, make_batch
-from streamcore.checkpoints import CheckpointStore, ShardProgress
+from streamcore.checkpoints import CheckpointStore, make_progress
 from streamcore.clock import Clock
 from streamcore.failures import (
     CONDITIONS,
@@ -279,29 +279,19 @@ class StreamConsumer:
                 self._ingest(state, self.read_ahead - pending, now)
         if log.closed and dispatcher.next_read >= log.next_seq and not dispatcher.at_end:
             dispatcher.end_of_shard()
-        polled = dispatcher.poll(now)
+        polled = dispatcher.poll_batch(now)
         if polled is None:
             if dispatcher.at_end and dispatcher.finished():
                 self._end_shard(state)
             return None
-        lane, count, attempt, kind = polled
+        lane, count, attempt, kind, first, last, contiguous, last_arrival_ms, window, early = polled
         self.in_flight += 1
         deadline = _NEVER
-        window = window_state = None
-        early = False
-        if kind in (INVOKE, FINAL):
-            if self._timeout is not None:
-                deadline = now + self._timeout
-            if self._window_ms:
-                window = dispatcher.open_window(lane)
-                window_state = copy_state(state.windows.get(lane, _NO_STATE))
-                early = kind == FINAL and dispatcher.closing_early(lane)
-        if kind == FINAL:
-            return Work(
-                self, state, lane, 0, attempt, kind, -1, -1, True, 0, None, 0, epoch,
-                deadline, window, window_state, early,
-            )
-        first, last, contiguous, last_arrival_ms = dispatcher.batch_info(lane)
+        if self._timeout is not None and kind in (INVOKE, FINAL):
+            deadline = now + self._timeout
+        window_state = None
+        if window is not None:  # tumbling windows: an invocation or a closing
+            window_state = copy_state(state.windows.get(lane, _NO_STATE))
         base = first
         offsets = None
         if not contiguous:
@@ -324,20 +314,19 @@ class StreamConsumer:
 
     # -- invocation (outside the App lock) -------------------------------------
 
-    def read(self, work: Work) -> pa.RecordBatch:
-        log = work.unit.log
-        if work.kind == FINAL:
-            return log.empty()
-        with self.stream._lock:
-            if work.contiguous:
-                return log.read(work.first_seq, work.count)
-            assert work.offsets is not None
-            return log.take(work.base, work.last_seq, work.offsets)
-
     def invoke(self, work: Work) -> Outcome:
         """Run the handler on the batch, or deliver a discard; never raises."""
+        log = work.unit.log
         try:
-            records = self.read(work)
+            if work.kind == FINAL:
+                records = log.empty()
+            else:
+                with self.stream._lock:
+                    if work.contiguous:
+                        records = log.read(work.first_seq, work.count)
+                    else:
+                        assert work.offsets is not None
+                        records = log.take(work.base, work.last_seq, work.offsets)
         except Exception as exc:  # the log lost the records (retention): say so, retry later
             return Outcome(error=f"cannot read records: {exc!r}", function_error=True)
         kind = work.kind
@@ -482,7 +471,7 @@ class StreamConsumer:
 
     def _checkpoint(self, state: ShardState) -> None:
         dispatcher = state.dispatcher
-        seq = dispatcher.checkpoint()
+        seq, lanes = dispatcher.progress()
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
         # Lanes may have moved even when the shard checkpoint did not.
@@ -491,7 +480,7 @@ class StreamConsumer:
             states = {}
             for lane, window_state in state.windows.items():
                 states[lane] = [dispatcher.open_window(lane), window_state]
-        progress = ShardProgress(seq, dispatcher.lane_progress(), states=states)
+        progress = make_progress(seq, lanes, states)
         self.store.save(self.name, {state.shard_id: progress})
         self.counters["checkpoints_written"] += 1
 

@@ -184,9 +184,14 @@ class Scheduler:
                     continue
                 self._in_flight.discard(work)
                 if work.epoch == self._epoch:
-                    work.consumer.finish(work, outcome)
+                    consumer = work.consumer
+                    consumer.finish(work, outcome)
                     # This worker looks at the unit next itself: waking another costs more.
-                    self._mark(work.consumer, work.unit, wake=False)
+                    # (_mark without its notify, inline: this runs once per batch.)
+                    key = (id(consumer), work.unit.key)
+                    if key not in self._queued:
+                        self._queued.add(key)
+                        self._ready.append((consumer, work.unit))
                 # No notify of the coordinator here: this worker either takes the next work
                 # (nothing for the coordinator to do) or goes idle, which notifies it.
 
