@@ -163,37 +163,45 @@ class Scheduler:
         ident = threading.get_ident()
         with self.lock:
             while not self._shutdown:
-                work = None
-                if self.running and not self._stop_requested:
-                    work = self._take_work()
-                if work is None:
-                    self._idle_workers += 1
-                    self.state_cond.notify()
-                    self.work_cond.wait()
-                    self._idle_workers -= 1
-                    continue
-                work.thread = ident
-                self._in_flight.add(work)
-                self.lock.release()
-                try:
-                    outcome = work.consumer.invoke(work)
-                finally:
-                    self.lock.acquire()
-                if work.timed_out:  # already failed by the coordinator; the result is void
-                    self._stuck -= 1
-                    continue
-                self._in_flight.discard(work)
-                if work.epoch == self._epoch:
-                    consumer = work.consumer
-                    consumer.finish(work, outcome)
-                    # This worker looks at the unit next itself: waking another costs more.
-                    # (_mark without its notify, inline: this runs once per batch.)
-                    key = (id(consumer), work.unit.key)
-                    if key not in self._queued:
-                        self._queued.add(key)
-                        self._ready.append((consumer, work.unit))
-                # No notify of the coordinator here: this worker either takes the next work
-                # (nothing for the coordinator to do) or goes idle, which notifies it.
+                # One call per action, not the loop's own code: CPython 3.11 specialises
+                # the bytecode of a function once it has been called a few times, but never
+                # that of a loop still running in its first call (each attribute read here
+                # would take the slow generic path for the thread's whole life).
+                self._serve(ident)
+
+    def _serve(self, ident: int) -> None:
+        """Take the next action and run it, or wait idle until notified (under the lock)."""
+        work = None
+        if self.running and not self._stop_requested:
+            work = self._take_work()
+        if work is None:
+            self._idle_workers += 1
+            self.state_cond.notify()
+            self.work_cond.wait()
+            self._idle_workers -= 1
+            return
+        work.thread = ident
+        self._in_flight.add(work)
+        self.lock.release()
+        try:
+            outcome = work.consumer.invoke(work)
+        finally:
+            self.lock.acquire()
+        if work.timed_out:  # already failed by the coordinator; the result is void
+            self._stuck -= 1
+            return
+        self._in_flight.discard(work)
+        if work.epoch == self._epoch:
+            consumer = work.consumer
+            consumer.finish(work, outcome)
+            # This worker looks at the unit next itself: waking another costs more.
+            # (_mark without its notify, inline: this runs once per batch.)
+            key = (id(consumer), work.unit.key)
+            if key not in self._queued:
+                self._queued.add(key)
+                self._ready.append((consumer, work.unit))
+        # No notify of the coordinator here: this worker either takes the next work
+        # (nothing for the coordinator to do) or goes idle, which notifies it.
 
     # -- the coordinator -------------------------------------------------------
 
@@ -213,63 +221,69 @@ class Scheduler:
                 self.state_cond.notify_all()
 
     def _coordinate(self, until_idle: bool, timeout: float | None) -> None:
+        virtual = isinstance(self.clock, VirtualClock)
+        end = float("inf") if timeout is None else self.clock.now() + timeout
+        # One call per round, for the reason given in _worker.
+        while self._coordinate_once(until_idle, end, virtual):
+            pass
+
+    def _coordinate_once(self, until_idle: bool, end: float, virtual: bool) -> bool:
+        """One round of the coordinator: wait, or move time on. False: ``run`` returns."""
         clock = self.clock
-        virtual = isinstance(clock, VirtualClock)
-        end = float("inf") if timeout is None else clock.now() + timeout
-        while True:
-            if self._stop_requested:
-                if not self._drain:
-                    self._abandon_in_flight()
-                    return
-                if not self._in_flight:
-                    return
-                self.state_cond.wait(_RECHECK)
-                continue
-            if clock.now() >= end:
-                return
-            self._expire_timeouts()
-            in_flight = len(self._in_flight)
-            if self._ready and (self._idle_workers or in_flight < self._workers_wanted):
-                self.work_cond.notify()
-                self.state_cond.wait(_RECHECK)
-                continue
-            sleeping = clock.sleeping_threads() if virtual else set()  # type: ignore[attr-defined]
-            busy = [w for w in self._in_flight if w.thread not in sleeping]
-            if busy:
-                # A handler that runs (not sleeping on the clock) holds time still.
-                wait = _RECHECK
-                if not virtual:
-                    wait = min(wait, max(0.0, min(w.deadline for w in busy) - clock.now()))
-                self.state_cond.wait(wait)
-                continue
-            # Nothing can run now: find the next moment something can.
-            due = wake = float("inf")
-            for consumer in self.consumers:
-                d, u = consumer.next_deadline()
-                due, wake = min(due, d), min(wake, u)
-            if due <= clock.now() and (self._idle_workers or in_flight < self._workers_wanted):
-                self._mark_all()  # defensive: something is ready that nobody queued
-                self.state_cond.wait(_RECHECK)
-                continue
-            wake = min([wake, *(w.deadline for w in self._in_flight)])
-            if virtual:
-                wakeup = clock.next_wakeup()  # type: ignore[attr-defined]
-                if wakeup is not None:
-                    wake = min(wake, wakeup)
-            if until_idle and not in_flight and wake == float("inf"):
-                return
-            wake = min(wake, end)
-            if wake == float("inf"):
-                self.state_cond.wait(_RECHECK)  # only a put can create work
-            elif virtual:
-                self.lock.release()
-                try:
-                    clock.advance_to(wake)  # type: ignore[attr-defined]
-                finally:
-                    self.lock.acquire()
-            else:
-                self.state_cond.wait(max(0.0, wake - clock.now()))
-            self._mark_all()
+        if self._stop_requested:
+            if not self._drain:
+                self._abandon_in_flight()
+                return False
+            if not self._in_flight:
+                return False
+            self.state_cond.wait(_RECHECK)
+            return True
+        if clock.now() >= end:
+            return False
+        self._expire_timeouts()
+        in_flight = len(self._in_flight)
+        if self._ready and (self._idle_workers or in_flight < self._workers_wanted):
+            self.work_cond.notify()
+            self.state_cond.wait(_RECHECK)
+            return True
+        sleeping = clock.sleeping_threads() if virtual else set()  # type: ignore[attr-defined]
+        busy = [w for w in self._in_flight if w.thread not in sleeping]
+        if busy:
+            # A handler that runs (not sleeping on the clock) holds time still.
+            wait = _RECHECK
+            if not virtual:
+                wait = min(wait, max(0.0, min(w.deadline for w in busy) - clock.now()))
+            self.state_cond.wait(wait)
+            return True
+        # Nothing can run now: find the next moment something can.
+        due = wake = float("inf")
+        for consumer in self.consumers:
+            d, u = consumer.next_deadline()
+            due, wake = min(due, d), min(wake, u)
+        if due <= clock.now() and (self._idle_workers or in_flight < self._workers_wanted):
+            self._mark_all()  # defensive: something is ready that nobody queued
+            self.state_cond.wait(_RECHECK)
+            return True
+        wake = min([wake, *(w.deadline for w in self._in_flight)])
+        if virtual:
+            wakeup = clock.next_wakeup()  # type: ignore[attr-defined]
+            if wakeup is not None:
+                wake = min(wake, wakeup)
+        if until_idle and not in_flight and wake == float("inf"):
+            return False
+        wake = min(wake, end)
+        if wake == float("inf"):
+            self.state_cond.wait(_RECHECK)  # only a put can create work
+        elif virtual:
+            self.lock.release()
+            try:
+                clock.advance_to(wake)  # type: ignore[attr-defined]
+            finally:
+                self.lock.acquire()
+        else:
+            self.state_cond.wait(max(0.0, wake - clock.now()))
+        self._mark_all()
+        return True
 
     def _mark_all(self) -> None:
         for consumer in self.consumers:
