@@ -424,7 +424,8 @@ class StreamConsumer:
             self._checkpoint(state)
             return
         counters["invocations"] += 1
-        self.iterator_age_ms = max(0, int(now * 1000) - work.last_arrival_ms)
+        age = int(now * 1000) - work.last_arrival_ms
+        self.iterator_age_ms = age if age > 0 else 0
         if outcome.error is None and not outcome.failed:
             if work.window is not None:
                 self._commit_window(work, outcome)

@@ -71,7 +71,7 @@ class ShardLog:
         i = bisect.bisect_right(self._starts, first_seq) - 1
         chunk = self._chunks[i]
         offset = first_seq - chunk.first_seq
-        if offset + count <= chunk.records.num_rows:
+        if first_seq + count <= chunk.end_seq:  # end_seq: no call into pyarrow for num_rows
             return chunk.records.slice(offset, count)
         parts = []
         remaining = count
