@@ -56,8 +56,6 @@ COUNTERS = (*BASE_COUNTERS, "records_expired")
 # Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
 DELIVERY_RETRY_DELAY = 1.0
 
-# The state a lane's first invocation in a window starts from (only ever copied).
-_NO_STATE: dict[str, Any] = {}
 _NEVER = float("inf")  # the deadline of an invocation without a timeout
 
 
@@ -291,7 +289,8 @@ class StreamConsumer:
             deadline = now + self._timeout
         window_state = None
         if window is not None:  # tumbling windows: an invocation or a closing
-            window_state = copy_state(state.windows.get(lane, _NO_STATE))
+            committed = state.windows.get(lane)
+            window_state = {} if committed is None else copy_state(committed)
         base = first
         offsets = None
         if not contiguous:
