@@ -738,6 +738,13 @@ cdef inline int64_t _length(const _offset_t* offsets, int64_t j) noexcept nogil:
     return offsets[j + 1] - offsets[j]
 
 
+# Rows a var-length gather takes at a time in its fast loop: it checks once per
+# chunk, not per row, that the chunk's writes stay in the output (every short
+# value writes at most 16 bytes), and then checks per row only what picks the copy.
+cdef enum:
+    _CHUNK = 32
+
+
 cdef int64_t _gather_var_forward(
     const _offset_t* offsets,
     const uint8_t* data,
@@ -755,8 +762,9 @@ cdef int64_t _gather_var_forward(
     ``bounded``: other bytes follow these (part 1's), so no copy may write past
     the last value.
     """
-    cdef Py_ssize_t i, exact_from = hi
+    cdef Py_ssize_t i = lo, exact_from = hi, chunk_end
     cdef int64_t j, start, length, pos = 0, tail = 0
+    cdef int64_t read_limit = data_size - 16  # a value starting after it cannot be read as 16 bytes
     if bounded:
         # Values of the last rows, less than 16 bytes before the end, are copied exactly.
         while exact_from > lo and tail < 16:
@@ -765,22 +773,46 @@ cdef int64_t _gather_var_forward(
         if tail >= 16:
             exact_from += 1
     out_offsets[lo] = 0
-    for i in range(lo, hi):
+    # Fast loop, by chunks: invariant pos + 16 * (rows left in the chunk) <= capacity,
+    # so a short value's 16-byte copy stays in the output without a check of its
+    # own; a longer value is checked against what the rows after it may still need.
+    # Values of varying short lengths would mispredict the size branches of
+    # _copy_value; one 16-byte copy does not branch (the bytes written past the
+    # value are overwritten by the next one, or land in the slack).
+    while i < exact_from:
+        chunk_end = min(exact_from, i + _CHUNK)
+        if pos + 16 * (chunk_end - i) > capacity:
+            break  # near the end: the checked loop below takes the rest
+        while i < chunk_end:
+            j = perm[i]
+            start = offsets[j]
+            length = offsets[j + 1] - start
+            # Unsigned: a negative length (corrupt offsets) fails too.
+            if <uint64_t>length <= 16 and start <= read_limit:
+                memcpy(out_data + pos, data + start, 16)
+            elif <uint64_t>length <= <uint64_t>(capacity - pos - 16 * (chunk_end - i - 1)):
+                _copy_value(out_data + pos, data + start, <size_t>length)
+            else:
+                break
+            pos += length
+            out_offsets[i + 1] = <_offset_t>pos
+            i += 1
+        if i < chunk_end:
+            break
+    # Checked loop: the rows the fast loop left, each checked against capacity.
+    while i < hi:
         j = perm[i]
         start = offsets[j]
         length = offsets[j + 1] - start
-        # Unsigned: a negative length (corrupt offsets) fails too.
         if <uint64_t>length > <uint64_t>(capacity - pos):
             return -1
-        # Values of varying short lengths would mispredict the size branches of
-        # _copy_value; one 16-byte copy does not branch (the bytes written past
-        # the value are overwritten by the next one, or land in the slack).
-        if length <= 16 and start + 16 <= data_size and i < exact_from:
+        if length <= 16 and start <= read_limit and i < exact_from:
             memcpy(out_data + pos, data + start, 16)
         else:
             _copy_value(out_data + pos, data + start, <size_t>length)
         pos += length
         out_offsets[i + 1] = <_offset_t>pos
+        i += 1
     return pos
 
 
@@ -798,7 +830,7 @@ cdef int64_t _gather_var_backward(
 
     Writes ``out_offsets[lo + 1 .. hi]``; ``out_offsets[lo]`` is part 0's end.
     """
-    cdef Py_ssize_t i, block_from = lo
+    cdef Py_ssize_t i = hi, block_from = lo, chunk_start  # rows [i, hi) are done
     cdef int64_t j, end, length, pos = capacity, head = 0
     # A short value is copied as the 16 bytes that end where it ends, when at
     # least 16 bytes of this part's values lie before that end (rows >= block_from).
@@ -807,7 +839,30 @@ cdef int64_t _gather_var_backward(
         if head >= 16:
             break
         block_from += 1
-    for i in range(hi - 1, lo - 1, -1):
+    # Fast loop, by chunks, as _gather_var_forward's, mirrored: invariant
+    # pos - 16 * (rows left in the chunk) >= 0.
+    while i > block_from:
+        chunk_start = max(block_from, i - _CHUNK)
+        if pos < 16 * (i - chunk_start):
+            break
+        while i > chunk_start:
+            j = perm[i - 1]
+            end = offsets[j + 1]
+            length = end - offsets[j]
+            if <uint64_t>length <= 16 and end >= 16:
+                memcpy(out_data + pos - 16, data + end - 16, 16)
+            elif <uint64_t>length <= <uint64_t>(pos - 16 * (i - 1 - chunk_start)):
+                _copy_value(out_data + pos - length, data + end - length, <size_t>length)
+            else:
+                break
+            out_offsets[i] = <_offset_t>pos
+            pos -= length
+            i -= 1
+        if i > chunk_start:
+            break
+    # Checked loop: the rows the fast loop left.
+    while i > lo:
+        i -= 1
         j = perm[i]
         end = offsets[j + 1]
         length = end - offsets[j]
