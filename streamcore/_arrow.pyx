@@ -675,9 +675,17 @@ ctypedef fused _offset_t:
 
 
 cdef void _gather_words(const _word_t* src, const int64_t* perm, Py_ssize_t n, _word_t* out) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
+    cdef Py_ssize_t i = 0
+    # Four rows a step: one row a step spends half its instructions on the loop.
+    while i + 4 <= n:
         out[i] = src[perm[i]]
+        out[i + 1] = src[perm[i + 1]]
+        out[i + 2] = src[perm[i + 2]]
+        out[i + 3] = src[perm[i + 3]]
+        i += 4
+    while i < n:
+        out[i] = src[perm[i]]
+        i += 1
 
 
 cdef void _gather_wide(
