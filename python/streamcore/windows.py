@@ -72,17 +72,27 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     is: a figure that is at most ``limit`` may be an upper bound of the size.
     Raises TypeError for values that are not JSON, bytes or aggregators.
     """
-    aggregators = [v for v in state.values() if isinstance(v, Aggregator)]
-    if not aggregators:
-        return len(encode_state(state))
-    rest = {k: v for k, v in state.items() if not isinstance(v, Aggregator)}
+    aggregators: list[Aggregator] = []
+    rest = state
+    for key, value in state.items():  # one pass: this runs after every window invocation
+        if isinstance(value, Aggregator):
+            if not aggregators:
+                rest = dict(state)
+            aggregators.append(value)
+            del rest[key]
     size = len(encode_state(rest))
+    if not aggregators:
+        return size
     if limit is not None:
         # An aggregator folding in the background gives a bound without waiting.
-        bound = size + sum(a._nbytes_bound() for a in aggregators)
+        bound = size
+        for agg in aggregators:
+            bound += agg._nbytes_bound()
         if bound <= limit:
             return bound
-    return size + sum(a.nbytes for a in aggregators)
+    for agg in aggregators:
+        size += agg.nbytes
+    return size
 
 
 def copy_state(state: dict[str, Any]) -> dict[str, Any]:
