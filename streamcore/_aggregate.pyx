@@ -96,17 +96,34 @@ from libc.stdint cimport (
 )
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
-from posix.signal cimport SIG_SETMASK, sigfillset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from posix.types cimport sigset_t
 
-import os
 import threading
 
 import pyarrow as pa
 
 from streamcore._arrow cimport input_address
 from streamcore._hashing cimport read_le32, read_le64, rotl64, xxh64, xxh64_avalanche, xxh64_u64
+from streamcore._threads cimport (
+    available_cpus,
+    cpu_relax,
+    load_int,
+    load_u64,
+    now_ns,
+    pthread_atfork,
+    pthread_cond_broadcast,
+    pthread_cond_init,
+    pthread_cond_signal,
+    pthread_cond_t,
+    pthread_cond_wait,
+    pthread_mutex_init,
+    pthread_mutex_lock,
+    pthread_mutex_t,
+    pthread_mutex_unlock,
+    sched_yield,
+    start_thread,
+    store_int,
+    store_u64,
+)
 
 from streamcore.errors import InvalidRecordsError
 
@@ -1407,59 +1424,6 @@ cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
 # tens of microseconds). Queue and fold states change under _bg_lock only. fork()
 # waits until no fold is queued or running, so the child's tables have none.
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_t:
-        pass
-    ctypedef struct pthread_attr_t:
-        pass
-    ctypedef struct pthread_mutex_t:
-        pass
-    ctypedef struct pthread_mutexattr_t:
-        pass
-    ctypedef struct pthread_cond_t:
-        pass
-    ctypedef struct pthread_condattr_t:
-        pass
-    int pthread_create(
-        pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*) noexcept nogil, void* arg
-    )
-    int pthread_detach(pthread_t thread)
-    int pthread_mutex_init(pthread_mutex_t* mutex, const pthread_mutexattr_t* attr)
-    int pthread_mutex_lock(pthread_mutex_t* mutex)
-    int pthread_mutex_unlock(pthread_mutex_t* mutex)
-    int pthread_cond_init(pthread_cond_t* cond, const pthread_condattr_t* attr)
-    int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
-    int pthread_cond_signal(pthread_cond_t* cond)
-    int pthread_cond_broadcast(pthread_cond_t* cond)
-    int pthread_sigmask(int how, const sigset_t* set, sigset_t* old)
-    int pthread_atfork(
-        void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil, void (*child)() noexcept nogil
-    )
-
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
-
-
-cdef extern from *:
-    """
-    #if defined(__x86_64__) || defined(__i386__)
-    #define SC_BG_RELAX() __builtin_ia32_pause()
-    #elif defined(__aarch64__) || defined(__arm__)
-    #define SC_BG_RELAX() __asm__ __volatile__("yield" ::: "memory")
-    #else
-    #define SC_BG_RELAX() ((void)0)
-    #endif
-    #define SC_BG_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-    #define SC_BG_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-    """
-    void SC_BG_RELAX() noexcept nogil
-    int _load_int "SC_BG_LOAD"(const int* p) noexcept nogil
-    void _store_int "SC_BG_STORE"(int* p, int v) noexcept nogil
-    uint64_t _load_u64 "SC_BG_LOAD"(const uint64_t* p) noexcept nogil
-    void _store_u64 "SC_BG_STORE"(uint64_t* p, uint64_t v) noexcept nogil
-
-
 cdef enum:
     # GroupTable.bg_state
     _BG_NONE = 0        # no fold since the last _sync
@@ -1488,20 +1452,14 @@ cdef uint64_t _bg_ran = 0          # folds the thread ran (for tests)
 cdef uint64_t _bg_taken_back = 0   # folds taken back by _sync (for tests)
 
 
-cdef int64_t _bg_now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return <int64_t>t.tv_sec * 1_000_000_000 + t.tv_nsec
-
-
 cdef void* _bg_next_locked() noexcept nogil:
     # The next queued table, taken (NULL when none).
     cdef void* job
     while _bg_head != _bg_tail:
         job = _bg_queue[_bg_head % _BG_QUEUE]
-        _store_u64(&_bg_head, _bg_head + 1)
+        store_u64(&_bg_head, _bg_head + 1)
         if job != NULL:
-            _store_int(&(<GroupTable>job).bg_state, _BG_RUNNING)
+            store_int(&(<GroupTable>job).bg_state, _BG_RUNNING)
             return job
     return NULL
 
@@ -1510,7 +1468,7 @@ cdef void _bg_ended_locked(GroupTable t) noexcept nogil:
     # t's fold is done (or dropped): say so, and wake whoever waits for a fold.
     global _bg_live
     _bg_live -= 1
-    _store_int(&t.bg_state, _BG_DONE)
+    store_int(&t.bg_state, _BG_DONE)
     if _bg_waiters:
         pthread_cond_broadcast(&_bg_done)
 
@@ -1525,10 +1483,10 @@ cdef void* _bg_main(void* arg) noexcept nogil:
         job = _bg_next_locked()
         if job == NULL:
             pthread_mutex_unlock(&_bg_lock)
-            until = _bg_now_ns() + _BG_IDLE_SPIN_NS
-            while _load_u64(&_bg_tail) == _load_u64(&_bg_head) and _bg_now_ns() < until:
+            until = now_ns() + _BG_IDLE_SPIN_NS
+            while load_u64(&_bg_tail) == load_u64(&_bg_head) and now_ns() < until:
                 for i in range(64):
-                    SC_BG_RELAX()
+                    cpu_relax()
                 sched_yield()
             pthread_mutex_lock(&_bg_lock)
             while _bg_head == _bg_tail:
@@ -1547,24 +1505,15 @@ cdef bint _bg_post(GroupTable t) noexcept nogil:
     # Queue t's fold (its inputs bound, room reserved); False when it must fold in
     # the call: no thread, or the queue is full.
     global _bg_thread, _bg_queued, _bg_live
-    cdef pthread_t thread
-    cdef sigset_t blocked, old
     cdef bint posted = False
     pthread_mutex_lock(&_bg_lock)
     if _bg_thread == 0:
-        sigfillset(&blocked)
-        pthread_sigmask(SIG_SETMASK, &blocked, &old)
-        if pthread_create(&thread, NULL, _bg_main, NULL) == 0:
-            pthread_detach(thread)
-            _bg_thread = 1
-        else:
-            _bg_thread = -1
-        pthread_sigmask(SIG_SETMASK, &old, NULL)
+        _bg_thread = 1 if start_thread(_bg_main) else -1
     if _bg_thread == 1 and _bg_tail - _bg_head < _BG_QUEUE:
         t.bg_ticket = _bg_tail
-        _store_int(&t.bg_state, _BG_QUEUED)
+        store_int(&t.bg_state, _BG_QUEUED)
         _bg_queue[_bg_tail % _BG_QUEUE] = <void*>t
-        _store_u64(&_bg_tail, _bg_tail + 1)
+        store_u64(&_bg_tail, _bg_tail + 1)
         _bg_queued += 1
         _bg_live += 1
         if _bg_sleeping:
@@ -1582,7 +1531,7 @@ cdef bint _bg_finish(GroupTable t, bint run) noexcept nogil:
     if t.bg_state == _BG_QUEUED:
         _bg_queue[t.bg_ticket % _BG_QUEUE] = NULL
         _bg_taken_back += 1
-        _store_int(&t.bg_state, _BG_RUNNING)
+        store_int(&t.bg_state, _BG_RUNNING)
         if run:
             pthread_mutex_unlock(&_bg_lock)
             t.bg_rc = t._fold_owned(t.bg_rows, False)
@@ -1632,16 +1581,9 @@ cdef void _bg_after_fork_in_child() noexcept nogil:
     _bg_reset()
 
 
-def _available_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 _bg_reset()
 pthread_atfork(_bg_before_fork, _bg_after_fork_in_parent, _bg_after_fork_in_child)
-_bg_enabled = _available_cpus() >= 2
+_bg_enabled = available_cpus() >= 2
 
 
 def background_folds(enabled=None):
@@ -1983,7 +1925,7 @@ cdef class GroupTable:
             )
 
     def __dealloc__(self):
-        if _load_int(&self.bg_state) == _BG_QUEUED or _load_int(&self.bg_state) == _BG_RUNNING:
+        if load_int(&self.bg_state) == _BG_QUEUED or load_int(&self.bg_state) == _BG_RUNNING:
             with nogil:
                 _bg_finish(self, False)  # a queued fold is dropped: nobody will see it
         self._free_groups()
@@ -2001,11 +1943,11 @@ cdef class GroupTable:
         cdef int rc
         if self._bg_batch is None:
             return 0
-        if _load_int(&self.bg_state) != _BG_DONE:
+        if load_int(&self.bg_state) != _BG_DONE:
             with nogil:
                 _bg_finish(self, True)
         self._bg_batch = None
-        _store_int(&self.bg_state, _BG_NONE)
+        store_int(&self.bg_state, _BG_NONE)
         rc = self.bg_rc
         self.bg_rc = 0
         if rc != 0:  # cannot happen (_reserve made room); raised if it ever does
@@ -2094,7 +2036,7 @@ cdef class GroupTable:
         """
         cdef Py_ssize_t k
         cdef int64_t arena = 0
-        cdef int state = _load_int(&self.bg_state)
+        cdef int state = load_int(&self.bg_state)
         if bound and (state == _BG_QUEUED or state == _BG_RUNNING):
             return self.bg_bound
         with self._lock:
@@ -2516,7 +2458,6 @@ cdef class GroupTable:
                     raise MemoryError()
                 if rc == 0:
                     self.bg_rows = n
-                    self.bg_rc = 0
                     if _bg_post(self):
                         self._bg_batch = batch
                         return

@@ -15,20 +15,35 @@ and one helper thread; ``parallel_config`` sets how many threads and from how
 many rows.
 """
 
-import os
-
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
-from posix.signal cimport SIG_SETMASK, sigfillset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from posix.types cimport sigset_t
 
 import pyarrow as pa
 
 from streamcore.errors import InvalidRecordsError
 
 from streamcore._arrow cimport buffer_address
+from streamcore._threads cimport (
+    available_cpus,
+    cpu_relax,
+    load_int,
+    load_u64,
+    now_ns,
+    pthread_atfork,
+    pthread_cond_init,
+    pthread_cond_signal,
+    pthread_cond_t,
+    pthread_cond_wait,
+    pthread_mutex_init,
+    pthread_mutex_lock,
+    pthread_mutex_t,
+    pthread_mutex_unlock,
+    sched_yield,
+    start_thread,
+    store_int,
+    store_u64,
+)
 
 cdef uint8_t _EMPTY = 0
 
@@ -57,58 +72,6 @@ cdef const uint8_t* input_address(object buf) except NULL:
 # with its tasks for _WAIT_SPIN_NS while the helper finishes its last one. The
 # spins only read (atomically) what the lock guards, to know when to take it.
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_t:
-        pass
-    ctypedef struct pthread_attr_t:
-        pass
-    ctypedef struct pthread_mutex_t:
-        pass
-    ctypedef struct pthread_mutexattr_t:
-        pass
-    ctypedef struct pthread_cond_t:
-        pass
-    ctypedef struct pthread_condattr_t:
-        pass
-    int pthread_create(
-        pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*) noexcept nogil, void* arg
-    )
-    int pthread_detach(pthread_t thread)
-    int pthread_mutex_init(pthread_mutex_t* mutex, const pthread_mutexattr_t* attr)
-    int pthread_mutex_lock(pthread_mutex_t* mutex)
-    int pthread_mutex_unlock(pthread_mutex_t* mutex)
-    int pthread_cond_init(pthread_cond_t* cond, const pthread_condattr_t* attr)
-    int pthread_cond_wait(pthread_cond_t* cond, pthread_mutex_t* mutex)
-    int pthread_cond_signal(pthread_cond_t* cond)
-    int pthread_sigmask(int how, const sigset_t* set, sigset_t* old)
-    int pthread_atfork(
-        void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil, void (*child)() noexcept nogil
-    )
-
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
-
-
-cdef extern from *:
-    """
-    #if defined(__x86_64__) || defined(__i386__)
-    #define SC_CPU_RELAX() __builtin_ia32_pause()
-    #elif defined(__aarch64__) || defined(__arm__)
-    #define SC_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
-    #else
-    #define SC_CPU_RELAX() ((void)0)
-    #endif
-    #define SC_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-    #define SC_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-    """
-    void SC_CPU_RELAX() noexcept nogil
-    uint64_t SC_LOAD_U64 "SC_LOAD"(const uint64_t* p) noexcept nogil
-    int SC_LOAD_INT "SC_LOAD"(const int* p) noexcept nogil
-    void SC_STORE_U64 "SC_STORE"(uint64_t* p, uint64_t v) noexcept nogil
-    void SC_STORE_INT "SC_STORE"(int* p, int v) noexcept nogil
-
-
 cdef enum:
     _IDLE_SPIN_NS = 100_000
     _WAIT_SPIN_NS = 1_000_000
@@ -132,30 +95,24 @@ cdef int _threads = 1
 cdef Py_ssize_t _min_rows = 16384
 
 
-cdef int64_t _now_ns() noexcept nogil:
-    cdef timespec t
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return <int64_t>t.tv_sec * 1_000_000_000 + t.tv_nsec
-
-
 cdef void _spin_while_job(uint64_t seen, int64_t limit_ns) noexcept nogil:
     """Spin while no job after `seen` is posted, for at most limit_ns."""
-    cdef int64_t until = _now_ns() + limit_ns
+    cdef int64_t until = now_ns() + limit_ns
     cdef int i
-    while SC_LOAD_U64(&_job_id) == seen:
+    while load_u64(&_job_id) == seen:
         for i in range(64):
-            SC_CPU_RELAX()
-        if _now_ns() > until:
+            cpu_relax()
+        if now_ns() > until:
             return
         sched_yield()
 
 
 cdef void _spin_while_working(int64_t limit_ns) noexcept nogil:
     """Spin while the helper runs a task of the current job, for at most limit_ns."""
-    cdef int64_t until = _now_ns() + limit_ns
-    while SC_LOAD_INT(&_helper_working):
-        SC_CPU_RELAX()
-        if _now_ns() > until:
+    cdef int64_t until = now_ns() + limit_ns
+    while load_int(&_helper_working):
+        cpu_relax()
+        if now_ns() > until:
             return
 
 
@@ -166,7 +123,7 @@ cdef void _reset_pool() noexcept nogil:
     pthread_cond_init(&_helper_idle, NULL)
     _helper = 0
     _busy = False
-    SC_STORE_INT(&_helper_working, 0)
+    store_int(&_helper_working, 0)
     _job_fn = NULL
     _job_ctx = NULL
     _job_tasks = 0
@@ -203,7 +160,7 @@ cdef void* _helper_main(void* arg) noexcept nogil:
             while _job_id == seen:
                 pthread_cond_wait(&_job_posted, &_pool_lock)
         seen = _job_id
-        SC_STORE_INT(&_helper_working, 1)
+        store_int(&_helper_working, 1)
         while _job_next < _job_tasks:
             task = _job_next
             _job_next += 1
@@ -213,26 +170,15 @@ cdef void* _helper_main(void* arg) noexcept nogil:
             fn(ctx, task)
             pthread_mutex_lock(&_pool_lock)
             _helper_ran += 1
-        SC_STORE_INT(&_helper_working, 0)
+        store_int(&_helper_working, 0)
         pthread_cond_signal(&_helper_idle)
     return NULL
 
 
 cdef bint _start_helper_locked() noexcept nogil:
     global _helper
-    cdef pthread_t thread
-    cdef sigset_t blocked, old
     if _helper == 0:
-        # The helper inherits this thread's signal mask: with every signal blocked,
-        # no signal (SIGINT included) is ever delivered to it.
-        sigfillset(&blocked)
-        pthread_sigmask(SIG_SETMASK, &blocked, &old)
-        if pthread_create(&thread, NULL, _helper_main, NULL) == 0:
-            pthread_detach(thread)
-            _helper = 1
-        else:
-            _helper = -1
-        pthread_sigmask(SIG_SETMASK, &old, NULL)
+        _helper = 1 if start_thread(_helper_main) else -1
     return _helper == 1
 
 
@@ -247,7 +193,7 @@ cdef void run_tasks(task_fn fn, void* ctx, Py_ssize_t n_tasks) noexcept nogil:
             _job_ctx = ctx
             _job_tasks = n_tasks
             _job_next = 0
-            SC_STORE_U64(&_job_id, _job_id + 1)
+            store_u64(&_job_id, _job_id + 1)
             pthread_cond_signal(&_job_posted)
             while _job_next < _job_tasks:
                 task = _job_next
@@ -296,16 +242,9 @@ cdef Py_ssize_t tasks_for(Py_ssize_t n) noexcept nogil:
     return max(2, (n + _TASK_ROWS - 1) // _TASK_ROWS)
 
 
-def _available_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 _reset_pool()
 pthread_atfork(_before_fork, _after_fork_in_parent, _after_fork_in_child)
-_threads = 2 if _available_cpus() >= 2 else 1
+_threads = 2 if available_cpus() >= 2 else 1
 
 
 def parallel_config(threads=None, min_rows=None):
