@@ -18,36 +18,22 @@ handler, so ``fold`` marks its records that way (``aggregate.handing``).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from test_aggregate_background import background_on, fold, rows  # noqa: F401 (an autouse fixture)
 
 from streamcore import _aggregate
-from streamcore.aggregate import Aggregator, handing
+from streamcore.aggregate import Aggregator
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
-
-
-@pytest.fixture(autouse=True)
-def background_on() -> Iterator[None]:
-    previous = _aggregate.background_folds(True)
-    yield
-    _aggregate.background_folds(previous)
-
-
-def fold(agg: Aggregator, records: pa.RecordBatch) -> None:
-    """``agg.update(records)`` as a handler's update of its ``batch.records``."""
-    with handing(records):
-        agg.update(records)
 
 
 def spec() -> Aggregator:
@@ -68,15 +54,6 @@ def make_batch(rng: random.Random, rows: int, keys: int) -> pa.RecordBatch:
             "value": pa.array(values, pa.int64()),
         }
     )
-
-
-def rows(agg: Aggregator) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = agg.result().to_pylist()
-    for row in out:
-        for key, value in row.items():
-            if isinstance(value, float) and math.isnan(value):
-                row[key] = "nan"
-    return out
 
 
 # --- soundness: copy-on-write families across threads -----------------------------------

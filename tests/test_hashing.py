@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
-from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_arrow_gather import threads
 
-from streamcore import _arrow, _hashing, errors
+from streamcore import _hashing, errors
 
 InvalidRecordsError = errors.InvalidRecordsError
 
@@ -216,16 +215,6 @@ def test_hash_array_matches_xxh64_on_long_values() -> None:
 
 
 # --- two threads ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def threads(n: int, min_rows: int = 1) -> Iterator[None]:
-    """Run the block with ``n`` threads from ``min_rows`` rows on (1: every call on the caller)."""
-    previous = _arrow.parallel_config(threads=n, min_rows=min_rows)
-    try:
-        yield
-    finally:
-        _arrow.parallel_config(*previous)
 
 
 def hashed_both_ways(keys: pa.Array | pa.ChunkedArray, seed: int = 0) -> list[int]:

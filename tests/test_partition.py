@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 import random
-from collections.abc import Iterator
 
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_arrow_gather import threads
 
 from streamcore import _arrow, _partition
 
@@ -49,16 +48,6 @@ def test_sliced_input_and_seq_scatter() -> None:
     assert order.to_pylist() == [1, 3, 0, 2]
     seqs = _arrow.scatter_sequences(order, [10, 20], counts)
     assert seqs.to_pylist() == [20, 10, 21, 11]
-
-
-@contextlib.contextmanager
-def threads(n: int, min_rows: int = 1) -> Iterator[None]:
-    """Run the block with ``n`` threads from ``min_rows`` rows on (1: every call on the caller)."""
-    previous = _arrow.parallel_config(threads=n, min_rows=min_rows)
-    try:
-        yield
-    finally:
-        _arrow.parallel_config(*previous)
 
 
 def assign_model(
