@@ -159,22 +159,25 @@ cdef class ShardDispatcher:
     # -- reading ---------------------------------------------------------------
 
     cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil:
-        # Room for ``extra`` more entries at the tail: reuse the space of done
-        # records first, grow (to at least double) only when that is not enough.
-        cdef Py_ssize_t live = lane.tail - lane.head, new_cap
+        # Room for ``extra`` more entries at the tail: the live ones move to the front
+        # of a buffer with slack beyond them (3x their number, at most 64k entries), so
+        # a read-ahead window sliding along moves each entry a third of a time, not at
+        # every refill; the buffer grows only when that room is not there.
+        cdef Py_ssize_t live = lane.tail - lane.head
+        cdef Py_ssize_t need = live + extra
+        cdef Py_ssize_t want = need + (3 * need if need < (1 << 14) else (1 << 16))
         cdef Entry* grown
         if lane.tail + extra <= lane.cap:
             return 0
-        if live + extra > lane.cap:
-            new_cap = lane.cap * 2 if lane.cap else 256
-            if new_cap < live + extra:
-                new_cap = live + extra
-            grown = <Entry*>realloc(lane.buf, new_cap * sizeof(Entry))
+        if want < 256:
+            want = 256
+        if lane.cap < want:
+            grown = <Entry*>realloc(lane.buf, want * sizeof(Entry))
             if grown == NULL:
                 with gil:
                     raise MemoryError()
             lane.buf = grown
-            lane.cap = new_cap
+            lane.cap = want
         if lane.head:
             memmove(lane.buf, lane.buf + lane.head, live * sizeof(Entry))
             lane.head = 0
