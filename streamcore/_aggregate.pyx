@@ -1378,6 +1378,71 @@ cdef int _bind_array(object arr, object name, object dtype, int kind, Input* inp
     return 0
 
 
+@cython.final
+cdef class BatchBinding:
+    """Where the columns of one ``pyarrow.RecordBatch`` are, found once for all its slices.
+
+    Finding a column's buffers costs microseconds of pyarrow calls (a slice
+    builds its column's Array, then its buffers are listed), about what
+    folding a few hundred rows costs. A shard log hands handlers slices of the
+    batches its puts stored, several slices each: ``update_batch`` of such a
+    slice, given the binding of the batch it was cut from and where, finds
+    each column once per stored batch. Columns are found when first asked
+    for; the binding keeps the batch alive.
+    """
+
+    cdef readonly object batch
+    cdef int64_t n_rows
+    cdef Py_ssize_t n_cols
+    cdef Input* inputs  # per column, at offset 0, once found
+    cdef list types     # per column: the type it was found with, None before
+
+    def __init__(self, batch):
+        if not isinstance(batch, pa.RecordBatch):
+            msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
+            raise TypeError(msg)
+        n_cols = batch.num_columns
+        inputs = <Input*>calloc(n_cols if n_cols else 1, sizeof(Input))
+        if inputs == NULL:
+            raise MemoryError()
+        free(self.inputs)  # __init__ called again
+        self.inputs = inputs
+        self.batch = batch
+        self.n_rows = batch.num_rows
+        self.n_cols = n_cols
+        self.types = [None] * n_cols
+
+    def __dealloc__(self):
+        free(self.inputs)
+
+    cdef int bind(self, object at, object name, object dtype, int kind, int64_t offset,
+                  Input* inp) except -1:
+        # Point `inp` at column `at` of the slice starting at row `offset`, which
+        # must be of type `dtype` (_bind_array for a slice, without pyarrow calls).
+        cdef Py_ssize_t i = at
+        cdef const Input* base
+        if i < 0 or i >= self.n_cols:
+            msg = f"column index {at} out of range for a batch of {self.n_cols} columns"
+            raise IndexError(msg)
+        held = self.types[i]
+        if held is not dtype:
+            if held is None:
+                # Written before `types` says it is there: a table on another thread
+                # that reads the type then reads the input whole (both threads may
+                # find the column; they write the same).
+                _bind_array(self.batch.column(i), name, dtype, kind, &self.inputs[i])
+            elif not held.equals(dtype):
+                msg = f"column {name!r} has type {held}, but this aggregator holds {dtype} for it"
+                raise InvalidRecordsError(msg)
+            self.types[i] = dtype  # the next table of this spec passes with `is`
+        base = &self.inputs[i]
+        inp.values = base.values + _width(kind) * offset
+        inp.data = base.data
+        inp.valid = base.valid
+        inp.voff = base.voff + offset
+        return 0
+
+
 cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
     # t._fold of the n rows bound (t's lock held), without the GIL for large inputs.
     cdef int rc
@@ -2423,35 +2488,52 @@ cdef class GroupTable:
                 self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             _run_fold(self, n, False)
 
-    def update_batch(self, batch, list key_idx, list value_idx, bint background=False):
+    def update_batch(self, batch, list key_idx, list value_idx, bint background=False,
+                     BatchBinding source=None, int64_t offset=0):
         """Fold a ``pyarrow.RecordBatch``: its columns ``key_idx`` (one per key column)
         and ``value_idx`` (one per value column), in constructor order.
 
         What ``update`` does for the columns of a batch, with less work per call.
         ``background``: a batch of fewer than 65536 rows may fold on the background
         thread after the call returns (see ``background_folds``); the caller
-        vouches that nothing changes the batch's buffers meanwhile.
+        vouches that nothing changes the batch's buffers meanwhile. ``source``:
+        the binding of the batch that ``batch`` was sliced from, at row
+        ``offset`` (the caller vouches for that too); its columns are found
+        there instead of in ``batch``.
         """
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef int64_t n
         cdef int rc
+        cdef int kind
+        cdef Input* inp
         if not isinstance(batch, pa.RecordBatch):
             msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
             raise TypeError(msg)
         if len(key_idx) != self.n_keys or len(value_idx) != self.n_vals:
             raise ValueError("one column index per key column and per value column is expected")
+        n = batch.num_rows
+        if source is not None and (offset < 0 or offset + n > source.n_rows):
+            msg = f"rows {offset}..{offset + n} are not within the source's {source.n_rows}"
+            raise ValueError(msg)
         column = batch.column
         with self._lock:
             self._sync()
             # `batch` holds every buffer bound here until the fold is done.
             for k in range(self.n_keys):
-                arr, name, dtype = column(key_idx[k]), self._key_names[k], self._key_types[k]
-                _bind_array(arr, name, dtype, self.keys[k].kind, &self.keys[k].inp)
+                name, dtype, at = self._key_names[k], self._key_types[k], key_idx[k]
+                kind, inp = self.keys[k].kind, &self.keys[k].inp
+                if source is None:
+                    _bind_array(column(at), name, dtype, kind, inp)
+                else:
+                    source.bind(at, name, dtype, kind, offset, inp)
             for j in range(self.n_vals):
-                arr, name, dtype = column(value_idx[j]), self._value_names[j], self._value_types[j]
-                _bind_array(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
-            n = batch.num_rows
+                name, dtype, at = self._value_names[j], self._value_types[j], value_idx[j]
+                kind, inp = self.vals[j].kind, &self.vals[j].inp[0]
+                if source is None:
+                    _bind_array(column(at), name, dtype, kind, inp)
+                else:
+                    source.bind(at, name, dtype, kind, offset, inp)
             if background and _bg_enabled and 0 < n < _NOGIL_ROWS:
                 rc = self._reserve(n)
                 if rc == -1:

@@ -22,6 +22,14 @@ def key_hashes(arr: pa.Array) -> pa.Array:
     """The uint64 hash a ``GroupTable`` gives each element of a binary or utf8 array."""
 
 @final
+class BatchBinding:
+    """Where a record batch's columns are, found once for all the slices cut from it."""
+
+    @property
+    def batch(self) -> pa.RecordBatch: ...
+    def __init__(self, batch: pa.RecordBatch) -> None: ...
+
+@final
 class GroupTable:
     """Per-group accumulators over an open-addressing hash table of group keys."""
 
@@ -45,10 +53,17 @@ class GroupTable:
         """Fold rows: one equal-length array per key and value column."""
 
     def update_batch(
-        self, batch: pa.RecordBatch, key_idx: list[int], value_idx: list[int], background: bool = False
+        self,
+        batch: pa.RecordBatch,
+        key_idx: list[int],
+        value_idx: list[int],
+        background: bool = False,
+        source: BatchBinding | None = None,
+        offset: int = 0,
     ) -> None:
         """Fold a record batch: the positions of its key columns, then of its value columns
-        (``background``: maybe on the background thread, after the call returns)."""
+        (``background``: maybe on the background thread, after the call returns; ``source``:
+        the binding of the batch ``batch`` was sliced from, at row ``offset``)."""
 
     def input_types(self) -> list[pa.DataType]:
         """The key column types, then the value column types."""

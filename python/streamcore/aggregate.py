@@ -155,19 +155,32 @@ class _Spec:
 
 # Per thread, in `records`, the records (Batch.records) the framework handed the
 # handler running on it: streamcore made them and nothing changes their buffers, so
-# their folds may go to the background thread. The consumer sets it around each
-# handler call (an attribute store: this runs per invocation).
-handed = threading.local()
+# their folds may go to the background thread. When they are a slice of a batch a
+# log stored, `source` is that batch's BatchBinding and `offset` the slice's first
+# row (else None and 0): their columns are found there, once per stored batch. The
+# consumer sets these around each handler call (attribute stores: this runs per
+# invocation).
+class _Handed(threading.local):
+    records: pa.RecordBatch | None = None  # class attributes: every thread's defaults
+    source: _aggregate.BatchBinding | None = None
+    offset: int = 0
+
+
+handed = _Handed()
 
 
 @contextmanager
-def handing(records: pa.RecordBatch) -> Iterator[None]:
-    """While the block runs on this thread, ``records`` count as handed to a handler."""
-    handed.records = records
+def handing(
+    records: pa.RecordBatch, source: _aggregate.BatchBinding | None = None, offset: int = 0
+) -> Iterator[None]:
+    """While the block runs on this thread, ``records`` count as handed to a handler
+    (``source``: the binding of the batch they were sliced from, at row ``offset``)."""
+    handed.records, handed.source, handed.offset = records, source, offset
     try:
         yield
     finally:
-        handed.records = None
+        handed.records = handed.source = None
+        handed.offset = 0
 
 
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
@@ -430,8 +443,14 @@ class Aggregator:
         else:
             # The records streamcore handed the running handler cannot change: their
             # fold may run on the background thread (see update).
-            background = batch is getattr(handed, "records", None)
-            table.update_batch(batch, plan.key_idx, plan.value_idx, background)
+            if batch is handed.records:
+                source = handed.source
+                if source is None:
+                    table.update_batch(batch, plan.key_idx, plan.value_idx, True)
+                else:
+                    table.update_batch(batch, plan.key_idx, plan.value_idx, True, source, handed.offset)
+            else:
+                table.update_batch(batch, plan.key_idx, plan.value_idx)
 
     def merge(self, other: Aggregator) -> None:
         """Fold another aggregator's groups into this one (``other`` is unchanged).

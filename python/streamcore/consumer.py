@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamcore import _hashing
+from streamcore._aggregate import BatchBinding
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.aggregate import handed
 from streamcore.batch import Batch, make_batch
@@ -62,7 +63,17 @@ _NEVER = float("inf")  # the deadline of an invocation without a timeout
 class ShardState:
     """One shard as one consumer sees it."""
 
-    __slots__ = ("checkpoint", "dispatcher", "ended", "key", "last_error", "log", "shard_id", "windows")
+    __slots__ = (
+        "binding",
+        "checkpoint",
+        "dispatcher",
+        "ended",
+        "key",
+        "last_error",
+        "log",
+        "shard_id",
+        "windows",
+    )
 
     def __init__(self, log: ShardLog, dispatcher: ShardDispatcher, checkpoint: int | None) -> None:
         self.shard_id = log.shard_id
@@ -76,6 +87,8 @@ class ShardState:
         self.last_error: dict[int, tuple[str | None, bool]] = {}
         # Per lane: the committed state of its open tumbling window.
         self.windows: dict[int, dict[str, Any]] = {}
+        # The binding of the stored batch the last invocation's records were sliced from.
+        self.binding: BatchBinding | None = None
 
 
 @dataclass(slots=True, eq=False)  # identity hash: works sit in a set while in flight
@@ -315,14 +328,17 @@ class StreamConsumer:
 
     def invoke(self, work: Work) -> Outcome:
         """Run the handler on the batch, or deliver a discard; never raises."""
-        log = work.unit.log
+        unit = work.unit
+        log = unit.log
+        stored = None  # the stored batch the records are a slice of, at `offset`
+        offset = 0
         try:
             if work.kind == FINAL:
                 records = log.empty()
             else:
                 with self.stream._lock:
                     if work.contiguous:
-                        records = log.read(work.first_seq, work.count)
+                        records, stored, offset = log.read_slice(work.first_seq, work.count)
                     else:
                         assert work.offsets is not None
                         records = log.take(work.base, work.last_seq, work.offsets)
@@ -335,16 +351,32 @@ class StreamConsumer:
         if work.window is not None:
             window = window_bounds(work.window, self._window_ms)
         batch = make_batch(
-            records, self.stream.name, work.unit.shard_id, work.lane, work.first_seq, work.last_seq,
-            work.attempt, window, work.state, kind == FINAL, work.early,
+            records,
+            self.stream.name,
+            work.unit.shard_id,
+            work.lane,
+            work.first_seq,
+            work.last_seq,
+            work.attempt,
+            window,
+            work.state,
+            kind == FINAL,
+            work.early,
         )
-        handed.records = records  # an Aggregator may fold these in the background
+        # An Aggregator may fold these in the background, finding their columns in the
+        # binding of the stored batch (one per shard: its next batches are slices of it).
+        source = None
+        if stored is not None:
+            source = unit.binding
+            if source is None or source.batch is not stored:
+                source = unit.binding = BatchBinding(stored)
+        handed.records, handed.source, handed.offset = records, source, offset
         try:
             result = self.handler(batch)
         except BaseException as exc:  # a failing handler is an outcome, not a crash
             return Outcome(error=f"{type(exc).__name__}: {exc}", function_error=True)
         finally:
-            handed.records = None
+            handed.records = handed.source = None
         state = None
         state_bytes = 0
         if window is not None:
@@ -492,4 +524,3 @@ class StreamConsumer:
         out["iterator_age_ms"] = self.iterator_age_ms
         out["concurrent_executions"] = self.in_flight
         return out
-

@@ -85,6 +85,18 @@ class ShardLog:
                 chunk = self._chunks[i]
         return pa.concat_batches(parts)
 
+    def read_slice(self, first_seq: int, count: int) -> tuple[pa.RecordBatch, pa.RecordBatch | None, int]:
+        """``read``, and the stored batch the records are a slice of and where they start in it.
+
+        The batch is None when the records span chunks (they are a copy then).
+        """
+        i = bisect.bisect_right(self._starts, first_seq) - 1
+        chunk = self._chunks[i]
+        offset = first_seq - chunk.first_seq
+        if first_seq + count <= chunk.end_seq:
+            return chunk.records.slice(offset, count), chunk.records, offset
+        return self.read(first_seq, count), None, 0
+
     def empty(self) -> pa.RecordBatch:
         """No records, with this shard's schema (what a closing window invocation gets)."""
         empty = self._empty
