@@ -26,6 +26,9 @@ Baselines, same events, same process:
   clock starts (``to_pylist`` is not timed).
 - pyarrow: no stream at all, the whole 2M-row table at once: the window column
   (``ts`` in ms, floor-divided) then ``group_by(["window", "user_id"]).aggregate``.
+  Timed in rounds with streamcore's (put, consume, group_by; ``REPEAT`` rounds,
+  each side's best), so that a drift of the machine's speed meets both sides;
+  the median of the per-round ratios is reported too.
 - peers (when installed, on the first ``PEER_EVENTS`` events, checked against
   pyarrow's result over the same events): bytewax
   (``fold_final`` keyed by window and user) and sentry-arroyo (``LocalBroker``
@@ -39,6 +42,8 @@ value and sum of squared group counts; they must agree.
 
 from __future__ import annotations
 
+import gc
+import statistics
 import threading
 import time
 from bisect import bisect_right
@@ -62,7 +67,8 @@ QUICK_PEER_EVENTS = 20_000
 BATCH_SIZE = 1000
 WINDOW_S = 60
 SWEEP_BATCH_SIZES = (100, 500, 1000, 5000)
-REPEAT = 3
+REPEAT = 5  # interleaved rounds of put, consume and pyarrow
+SIDE_REPEAT = 3  # the other figures (the Python baseline alone takes seconds a run)
 QUICK_REPEAT = 1
 # The handler is CPU-bound Python, so it runs one invocation at a time: Python runs
 # one thread at a time anyway, and a second thread only adds hand-offs of the GIL
@@ -417,14 +423,6 @@ def time_python(events: pa.Table, starts: list[int], repeat: int) -> tuple[float
     return best_seconds(once, repeat), dict_checksum(totals)
 
 
-def time_pyarrow(events: pa.Table, repeat: int) -> tuple[float, dict]:
-    """Best seconds of one whole-table ``group_by``, its checksum."""
-    grouped: list[pa.Table] = []
-    seconds = best_seconds(lambda: grouped.append(pyarrow_group_by(events)), repeat)
-    table = grouped[-1]
-    return seconds, checksum(table.num_rows, table["value_count"], table["value_sum"])
-
-
 # --- the workload --------------------------------------------------------------------
 
 
@@ -434,15 +432,29 @@ def run(quick: bool) -> dict[str, Any]:
     events = make_clickstream(n)
     starts = _partition.even_ranges(SHARDS)
 
-    # streamcore: put (best of `repeat` fresh streams), then consume (best of `repeat` Apps).
-    put_s = float("inf")
+    # Rounds of: put into a fresh stream, consume it with a fresh App, pyarrow's
+    # group_by. Interleaved, so that both sides meet the machine in the same moods
+    # (a shared VM's speed drifts by tens of percent within a run); each side's best.
+    put_s = consume_s = pyarrow_s = float("inf")
+    grouped: list[pa.Table] = []
+    round_ratios = []
     for _ in range(repeat):
-        stream, clock, seconds = fill_stream(events)
-        put_s = min(put_s, seconds)
-    consume_s = float("inf")
-    for _ in range(repeat):
-        seconds, handler, metrics = consume(stream, clock, BATCH_SIZE, n)
-        consume_s = min(consume_s, seconds)
+        gc.collect()
+        stream, clock, put_round = fill_stream(events)
+        put_s = min(put_s, put_round)
+        gc.collect()
+        consume_round, handler, metrics = consume(stream, clock, BATCH_SIZE, n)
+        consume_s = min(consume_s, consume_round)
+        del stream
+        gc.collect()
+        started = time.perf_counter()
+        grouped.append(pyarrow_group_by(events))
+        pyarrow_round = time.perf_counter() - started
+        pyarrow_s = min(pyarrow_s, pyarrow_round)
+        round_ratios.append(pyarrow_round / (put_round + consume_round))
+        del grouped[:-1]
+    pyarrow_sum = checksum(grouped[-1].num_rows, grouped[-1]["value_count"], grouped[-1]["value_sum"])
+    stream, clock, _ = fill_stream(events)
     streamcore_sum = handler.checksum()
     state_bytes = handler.mean_state_bytes()
     invocations = int(metrics["invocations"])
@@ -454,7 +466,8 @@ def run(quick: bool) -> dict[str, Any]:
     sweep: dict[str, float] = {}
     if not quick:
         default_s = min(
-            consume(stream, clock, BATCH_SIZE, n, concurrency=DEFAULT_CONCURRENCY)[0] for _ in range(repeat)
+            consume(stream, clock, BATCH_SIZE, n, concurrency=DEFAULT_CONCURRENCY)[0]
+            for _ in range(min(repeat, SIDE_REPEAT))
         )
         live_s, live, _ = consume(stream, clock, BATCH_SIZE, n, LiveTotals())
         if not checksums_equal(live.checksum(), streamcore_sum):
@@ -469,8 +482,7 @@ def run(quick: bool) -> dict[str, Any]:
             sweep[str(size)] = n / (put_s + seconds)
     del stream
 
-    python_s, python_sum = time_python(events, starts, repeat)
-    pyarrow_s, pyarrow_sum = time_pyarrow(events, repeat)
+    python_s, python_sum = time_python(events, starts, min(repeat, SIDE_REPEAT))
 
     peer_n = min(n, QUICK_PEER_EVENTS if quick else PEER_EVENTS)
     peers = run_peers(events.slice(0, peer_n), starts)
@@ -526,6 +538,7 @@ def run(quick: bool) -> dict[str, Any]:
             "pyarrow_seconds": pyarrow_s,
             "pyarrow_records_per_s": pyarrow_rate,
             "ratio_vs_pyarrow": rate / pyarrow_rate,
+            "ratio_vs_pyarrow_per_round_median": statistics.median(round_ratios),
             "consume_only_ratio_vs_python": consume_rate / python_rate,
             "consume_only_ratio_vs_pyarrow": consume_rate / pyarrow_rate,
             **{f"{name}_records_per_s": p["rec_per_s"] for name, p in peers.items() if "rec_per_s" in p},
