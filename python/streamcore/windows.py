@@ -75,12 +75,12 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     aggregators: list[Aggregator] = []
     rest = state
     for key, value in state.items():  # one pass: this runs after every window invocation
-        if isinstance(value, Aggregator):
+        if type(value) is Aggregator or isinstance(value, Aggregator):
             if not aggregators:
                 rest = dict(state)
             aggregators.append(value)
             del rest[key]
-    size = len(encode_state(rest))
+    size = len(encode_state(rest)) if rest else 2  # {}
     if not aggregators:
         return size
     if limit is not None:
