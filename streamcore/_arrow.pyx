@@ -340,13 +340,27 @@ cdef void _fill_sizes(const _Sizes* z) noexcept nogil:
 def row_nbytes(batch, groups=None):
     """Per-record byte sizes of a ``pyarrow.RecordBatch`` as a ``uint32`` array.
 
+    ``batch`` may also be the list of its columns (equal-length arrays): a
+    batch's ``columns`` makes a pyarrow Array (and its type) per column, which
+    costs more than sizing a put of a few hundred records.
+
     ``groups`` (row counts adding up to ``num_rows``) sizes the batch as the
     consecutive slices it will be cut into: a nested column counts its average
     per slice, so the result equals ``row_nbytes`` of each slice, concatenated.
     """
-    cdef Py_ssize_t n = batch.num_rows
+    cdef list columns
+    cdef Py_ssize_t n
+    if isinstance(batch, list):
+        columns = batch
+        n = len(columns[0]) if columns else 0
+        for column in columns:
+            if not isinstance(column, pa.Array) or len(column) != n:
+                raise ValueError("columns must be pyarrow Arrays of equal length")
+    else:
+        columns = batch.columns
+        n = batch.num_rows
     cdef Py_ssize_t start, count
-    cdef Py_ssize_t n_cols = batch.num_columns
+    cdef Py_ssize_t n_cols = len(columns)
     cdef _Sizes z
     if groups is not None and sum(groups) != n:
         raise ValueError(f"groups add up to {sum(groups)} rows, the batch has {n}")
@@ -361,7 +375,7 @@ def row_nbytes(batch, groups=None):
     try:
         if z.offsets == NULL or z.wide == NULL:
             raise MemoryError()
-        for column in batch.columns:
+        for column in columns:
             layout, width = _layout(column.type)
             if layout == LAYOUT_VAR32 or layout == LAYOUT_VAR64:
                 z.wide[z.n_var] = layout == LAYOUT_VAR64
@@ -896,9 +910,26 @@ cdef Py_ssize_t _fixed_width(object dtype) except -1:
 
 
 _LAYOUTS: dict = {}
+# By type id, for the ids whose layout the id alone fixes: hashing a DataType formats
+# it as a string, ~1 us, and a put asks for the layout of every column twice.
+_LAYOUTS_BY_ID: dict = {}
+_ID_FIXES_LAYOUT = frozenset(
+    t.id for t in (
+        pa.bool_(), pa.utf8(), pa.binary(), pa.large_utf8(), pa.large_binary(),
+        pa.int8(), pa.int16(), pa.int32(), pa.int64(),
+        pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
+        pa.float16(), pa.float32(), pa.float64(),
+        pa.date32(), pa.date64(), pa.time32("s"), pa.time64("us"), pa.timestamp("ms"),
+        pa.duration("ms"), pa.month_day_nano_interval(),
+    )
+)
 
 
 cdef tuple _layout(object dtype):
+    cdef int type_id = dtype.id
+    found = _LAYOUTS_BY_ID.get(type_id)
+    if found is not None:
+        return found
     found = _LAYOUTS.get(dtype)
     if found is not None:
         return found
@@ -911,7 +942,9 @@ cdef tuple _layout(object dtype):
     else:
         width = _fixed_width(dtype)
         found = (LAYOUT_FIXED if width else LAYOUT_NONE, width)
-    if len(_LAYOUTS) < 1024:  # a handful of types in practice; bounded all the same
+    if type_id in _ID_FIXES_LAYOUT:
+        _LAYOUTS_BY_ID[type_id] = found
+    elif len(_LAYOUTS) < 1024:  # a handful of types in practice; bounded all the same
         _LAYOUTS[dtype] = found
     return found
 

@@ -349,3 +349,19 @@ def test_a_forked_child_starts_its_own_helper() -> None:
                 os._exit(status)
         _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_row_nbytes_of_a_batch_equals_row_nbytes_of_its_columns() -> None:
+    batch = pa.record_batch(
+        {
+            "s": pa.array(["a", "bbbb", None, "cc", "", "dddddd"]).slice(1, 4),
+            "b": pa.array([b"x", b"yy", b"", b"zzz"], pa.large_binary()),
+            "l": pa.array([[1], [1, 2, 3, 4], [], None], pa.list_(pa.int64())),
+            "f": pa.array([1.0, 2.0, 3.0, 4.0]),
+        }
+    )
+    for groups in (None, [1, 3], [4]):
+        assert _arrow.row_nbytes(batch.columns, groups).equals(_arrow.row_nbytes(batch, groups))
+    with pytest.raises(ValueError, match="equal length"):
+        _arrow.row_nbytes([pa.array([1, 2]), pa.array([1])])
+    assert len(_arrow.row_nbytes([])) == 0

@@ -8,7 +8,7 @@ def parallel_config(threads: int | None = None, min_rows: int | None = None) -> 
 def helper_tasks() -> int:
     """How many tasks the helper thread has run since import."""
 
-def row_nbytes(batch: pa.RecordBatch, groups: list[int] | None = None) -> pa.UInt32Array:
+def row_nbytes(batch: pa.RecordBatch | list[pa.Array], groups: list[int] | None = None) -> pa.UInt32Array:
     """Per-record byte sizes: fixed widths plus offset width and value length of var-length columns.
 
     With ``groups``, nested columns count their average per group of consecutive rows.

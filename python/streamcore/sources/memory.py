@@ -184,11 +184,9 @@ class MemoryStream:
             shards = _arrow.repeat64(ids[0], n, pa.int64())
         # One batch for the whole put, sliced per shard: slices cost ~1 us, building
         # a batch per shard several times that.
-        records = pa.RecordBatch.from_arrays(
-            [seqs, keys, _arrow.repeat64(arrival_ms, n, ARRIVAL_TYPE), *columns],
-            names=["seq", "key", "arrival", *names],
-        )
-        sizes = _arrow.row_nbytes(records, counts)
+        arrays = [seqs, keys, _arrow.repeat64(arrival_ms, n, ARRIVAL_TYPE), *columns]
+        records = pa.RecordBatch.from_arrays(arrays, names=["seq", "key", "arrival", *names])
+        sizes = _arrow.row_nbytes(arrays, counts)
         pending: list[tuple[ShardLog, pa.RecordBatch, pa.Array]] = []
         offset = 0
         for log, count in zip(open_logs, counts, strict=True):
