@@ -384,7 +384,10 @@ class Aggregator:
         started it yet, so results are the same as folding in the call. Only
         the records streamcore handed the handler fold this way (their
         buffers cannot change); other records fold in the call.
-        ``streamcore._aggregate.background_folds(False)`` turns it off.
+        ``streamcore._aggregate.background_folds(False)`` turns it off. The
+        handed records are a slice of a batch the stream stored: their columns
+        are found in that batch once (``_aggregate.BatchBinding``), not in
+        every slice.
 
         Raises
         ------
