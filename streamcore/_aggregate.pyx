@@ -1232,6 +1232,34 @@ cdef void _value_inits(ValCol* c) noexcept nogil:
         c.mx_init = 0
 
 
+cdef void _fill_u64(uint64_t* a, int64_t g0, int64_t g1, uint64_t v) noexcept nogil:
+    cdef int64_t g
+    for g in range(g0, g1):
+        a[g] = v
+
+
+cdef void _init_values(GroupTable t, int64_t g0, int64_t g1) noexcept nogil:
+    # The value accumulators of the new groups g0 .. g1 - 1: zero, or min/max's
+    # start (see _value_inits). One pass per array after the assign pass, rather
+    # than a look at every accumulator of the spec per new group.
+    cdef Py_ssize_t j
+    cdef ValCol* c
+    if g1 <= g0:
+        return
+    for j in range(t.n_vals):
+        c = &t.vals[j]
+        if c.nulls != NULL:
+            _fill_u64(<uint64_t*>c.nulls, g0, g1, 0)
+        if c.sum != NULL:
+            _fill_u64(c.sum, g0, g1, 0)
+        if c.msum != NULL:
+            _fill_u64(<uint64_t*>c.msum, g0, g1, 0)  # 0.0
+        if c.mn != NULL:
+            _fill_u64(c.mn, g0, g1, c.mn_init)
+        if c.mx != NULL:
+            _fill_u64(c.mx, g0, g1, c.mx_init)
+
+
 cdef inline void _copy_key(uint8_t* dst, const uint8_t* src, int64_t n) noexcept nogil:
     # Keys are short: whole words (the last one overlapping) rather than a memcpy call.
     cdef uint64_t x
@@ -2208,24 +2236,11 @@ cdef class GroupTable:
         return 0
 
     cdef void _commit(self, int64_t g, uint64_t h, uint64_t pos, uint64_t key0) noexcept nogil:
-        # Make g (= n_groups, its keys stored) a group: zero its accumulators and
-        # point the empty slot `pos` at it.
-        cdef Py_ssize_t j
-        cdef ValCol* c
+        # Make g (= n_groups, its keys stored) a group: zero its count and point the
+        # empty slot `pos` at it. Its value accumulators are set by _init_values once
+        # the assign pass is done (they are not read before).
         self.group_hash[g] = h
         self.counts[g] = 0
-        for j in range(self.n_vals):
-            c = &self.vals[j]
-            if c.nulls != NULL:
-                c.nulls[g] = 0
-            if c.sum != NULL:
-                c.sum[g] = 0
-            if c.msum != NULL:
-                c.msum[g] = 0.0
-            if c.mn != NULL:
-                c.mn[g] = c.mn_init
-            if c.mx != NULL:
-                c.mx[g] = c.mx_init
         self.slots[pos].tag_gid = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(g + 1)
         self.slots[pos].key0 = key0
         self.n_groups = g + 1
@@ -2386,6 +2401,7 @@ cdef class GroupTable:
         cdef ValCol* c
         cdef bint single = self.n_keys == 1
         cdef bint fused
+        cdef int64_t groups
         if self.bg_slots != NULL:
             # The larger slot table _reserve made room for.
             memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
@@ -2408,10 +2424,12 @@ cdef class GroupTable:
             if not fused:
                 for k in range(self.n_keys):
                     _hash_column(&self.keys[k], start, m, hashes, k == 0)
+            groups = self.n_groups
             if single:
                 rc = _assign_one(self, start, m, NULL if fused else hashes, gid, not merge)
             else:
                 rc = self._assign(start, m, hashes, gid)
+            _init_values(self, groups, self.n_groups)
             if rc != 0:
                 return rc
             if merge:
