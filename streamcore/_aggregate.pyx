@@ -997,6 +997,124 @@ cdef inline int _assign_bin_rows(
     return 0
 
 
+cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t x
+    memcpy(&x, p, 8)
+    return x
+
+
+cdef inline void _store64(uint8_t* p, uint64_t x) noexcept nogil:
+    memcpy(p, &x, 8)
+
+
+cdef int _assign_bin_fused(
+    GroupTable t, const offset_t* offs, int64_t start, int64_t m, uint32_t* gid, bint count,
+) noexcept nogil:
+    # _assign_bin_rows for a table that fits in cache with no null key in the input
+    # nor in the table (the clickstream's ids), with the usual id, 9 to 16 bytes,
+    # special-cased: its two words (the first eight bytes and the last eight) are
+    # loaded once, for the hash (XXH3's 9-16 path, as _hash_key), for the compare
+    # with a group's key (the length in key0, then the same two words in the arena)
+    # and, for a new group, for its copy into the arena. A new group that fits in
+    # the room allocated is appended here; else, and for other lengths, the
+    # general path (_find_bin, _add_bin) runs.
+    cdef KeyCol* kc = &t.keys[0]
+    cdef const uint8_t* data = kc.inp.data
+    cdef Slot* slots = t.slots
+    cdef uint64_t mask = t.slot_mask
+    cdef int64_t groups = t.n_groups
+    cdef uint8_t* arena = kc.arena
+    cdef int64_t* counts = t.counts
+    cdef int64_t* key_offs = kc.offs
+    cdef uint64_t* group_hash = t.group_hash
+    cdef int64_t room                   # groups that fit without growing anything
+    cdef int64_t i
+    cdef int64_t g
+    cdef int64_t n
+    cdef int64_t at
+    cdef uint64_t h
+    cdef uint64_t w0
+    cdef uint64_t w1
+    cdef uint64_t lo
+    cdef uint64_t hi
+    cdef uint64_t s
+    cdef uint64_t key0
+    cdef uint64_t pos
+    cdef const uint8_t* p
+    cdef const uint8_t* q
+    cdef offset_t a
+    # n_groups may reach neither the group capacity, nor half the slots, nor _MAX_GROUPS.
+    room = t.group_cap
+    if <int64_t>((mask + 1) >> 1) < room:
+        room = <int64_t>((mask + 1) >> 1)
+    if _MAX_GROUPS < room:
+        room = _MAX_GROUPS
+    offs += start
+    for i in range(m):
+        a = offs[i]
+        n = offs[i + 1] - a
+        p = data + a
+        if <uint64_t>(n - 9) >= 8:
+            g = _find_bin(t, slots, mask, kc, arena, NULL, _hash_key(p, n), p, n, False, False)
+        else:
+            w0 = _load64(p)
+            w1 = _load64(p + n - 8)
+            lo = read_le64(p) ^ 0x6782737BEA4239B9ULL
+            hi = read_le64(p + n - 8) ^ 0xAF56BC3B0996523AULL
+            h = _xxh3_avalanche(<uint64_t>n + SC_BSWAP64(lo) + hi + sc_mul128_fold64(lo, hi))
+            pos = h & mask
+            while True:
+                s = slots[pos].tag_gid
+                if s == 0:
+                    at = kc.arena_len
+                    if groups < room and at + n <= kc.arena_cap:
+                        # A new group, in place (as _add_bin and _commit).
+                        g = groups
+                        _store64(arena + at, w0)
+                        _store64(arena + at + n - 8, w1)
+                        key_offs[g] = at
+                        kc.arena_len = at + n
+                        kc.key_bytes += n
+                        group_hash[g] = h
+                        counts[g] = 0
+                        slots[pos].tag_gid = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(g + 1)
+                        slots[pos].key0 = _bin_key0(at, n)
+                        groups = g + 1
+                        t.n_groups = groups
+                    else:
+                        g = _add_bin(t, h, pos, p, n, False)
+                    break
+                if ((s ^ h) >> 32) == 0:
+                    key0 = slots[pos].key0
+                    if (key0 & 0xFFFF) == <uint64_t>n:
+                        q = arena + (key0 >> 16)
+                        if ((_load64(q) ^ w0) | (_load64(q + n - 8) ^ w1)) == 0:
+                            g = <int64_t>(s & 0xFFFFFFFFULL) - 1
+                            break
+                pos = (pos + 1) & mask
+        if g < 0:
+            return <int>g
+        if g >= groups:
+            # A new group by the general path: the table, the arena and the
+            # per-group arrays may have grown.
+            slots = t.slots
+            mask = t.slot_mask
+            groups = t.n_groups
+            arena = kc.arena
+            counts = t.counts
+            key_offs = kc.offs
+            group_hash = t.group_hash
+            room = t.group_cap
+            if <int64_t>((mask + 1) >> 1) < room:
+                room = <int64_t>((mask + 1) >> 1)
+            if _MAX_GROUPS < room:
+                room = _MAX_GROUPS
+        gid[i] = <uint32_t>g
+        if count:
+            counts[g] += 1
+    return 0
+
+
 cdef int _assign_bin(
     GroupTable t, const offset_t* offs, int64_t start, int64_t m, const uint64_t* hashes,
     uint32_t* gid, bint count,
@@ -1006,7 +1124,7 @@ cdef int _assign_bin(
     # the usual case (no null key in the input nor in the table) without null checks.
     if t.keys[0].inp.valid == NULL and t.keys[0].nulls == NULL:
         if hashes == NULL:
-            return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, True)
+            return _assign_bin_fused(t, offs, start, m, gid, count)
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, False)
     if hashes == NULL:
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, True, True)
