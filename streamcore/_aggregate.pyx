@@ -1007,8 +1007,21 @@ cdef inline void _store64(uint8_t* p, uint64_t x) noexcept nogil:
     memcpy(p, &x, 8)
 
 
+cdef inline (Slot*, uint64_t, int64_t, uint8_t*, int64_t*, int64_t*, uint64_t*, int64_t) _refresh(
+        GroupTable t, KeyCol* kc) noexcept nogil:
+    # What _assign_bin_fused holds of the table, read again after it may have grown;
+    # last, how many groups fit without growing anything: n_groups may reach neither
+    # the group capacity, nor half the slots, nor _MAX_GROUPS.
+    cdef int64_t room = t.group_cap
+    if <int64_t>((t.slot_mask + 1) >> 1) < room:
+        room = <int64_t>((t.slot_mask + 1) >> 1)
+    if _MAX_GROUPS < room:
+        room = _MAX_GROUPS
+    return t.slots, t.slot_mask, t.n_groups, kc.arena, t.counts, kc.offs, t.group_hash, room
+
+
 cdef int _assign_bin_fused(
-    GroupTable t, const offset_t* offs, int64_t start, int64_t m, uint32_t* gid, bint count,
+    GroupTable t, const offset_t* offs, int64_t start, int64_t m, uint32_t* gid, int64_t inc,
 ) noexcept nogil:
     # _assign_bin_rows for a table that fits in cache with no null key in the input
     # nor in the table (the clickstream's ids), with the usual id, 9 to 16 bytes,
@@ -1020,13 +1033,13 @@ cdef int _assign_bin_fused(
     # general path (_find_bin, _add_bin) runs.
     cdef KeyCol* kc = &t.keys[0]
     cdef const uint8_t* data = kc.inp.data
-    cdef Slot* slots = t.slots
-    cdef uint64_t mask = t.slot_mask
-    cdef int64_t groups = t.n_groups
-    cdef uint8_t* arena = kc.arena
-    cdef int64_t* counts = t.counts
-    cdef int64_t* key_offs = kc.offs
-    cdef uint64_t* group_hash = t.group_hash
+    cdef Slot* slots
+    cdef uint64_t mask
+    cdef int64_t groups
+    cdef uint8_t* arena
+    cdef int64_t* counts
+    cdef int64_t* key_offs
+    cdef uint64_t* group_hash
     cdef int64_t room                   # groups that fit without growing anything
     cdef int64_t i
     cdef int64_t g
@@ -1043,12 +1056,7 @@ cdef int _assign_bin_fused(
     cdef const uint8_t* p
     cdef const uint8_t* q
     cdef offset_t a
-    # n_groups may reach neither the group capacity, nor half the slots, nor _MAX_GROUPS.
-    room = t.group_cap
-    if <int64_t>((mask + 1) >> 1) < room:
-        room = <int64_t>((mask + 1) >> 1)
-    if _MAX_GROUPS < room:
-        room = _MAX_GROUPS
+    slots, mask, groups, arena, counts, key_offs, group_hash, room = _refresh(t, kc)
     offs += start
     for i in range(m):
         a = offs[i]
@@ -1056,6 +1064,10 @@ cdef int _assign_bin_fused(
         p = data + a
         if <uint64_t>(n - 9) >= 8:
             g = _find_bin(t, slots, mask, kc, arena, NULL, _hash_key(p, n), p, n, False, False)
+            if g < 0:
+                return <int>g
+            if g >= groups:
+                slots, mask, groups, arena, counts, key_offs, group_hash, room = _refresh(t, kc)
         else:
             w0 = _load64(p)
             w1 = _load64(p + n - 8)
@@ -1082,36 +1094,23 @@ cdef int _assign_bin_fused(
                         groups = g + 1
                         t.n_groups = groups
                     else:
+                        # The arrays, the arena or the table grow.
                         g = _add_bin(t, h, pos, p, n, False)
+                        if g < 0:
+                            return <int>g
+                        slots, mask, groups, arena, counts, key_offs, group_hash, room = _refresh(t, kc)
                     break
                 if ((s ^ h) >> 32) == 0:
                     key0 = slots[pos].key0
                     if (key0 & 0xFFFF) == <uint64_t>n:
                         q = arena + (key0 >> 16)
                         if ((_load64(q) ^ w0) | (_load64(q + n - 8) ^ w1)) == 0:
-                            g = <int64_t>(s & 0xFFFFFFFFULL) - 1
+                            # (The slot holds group + 1 >= 1 in its low half.)
+                            g = <int64_t>(<uint32_t>s - 1)
                             break
                 pos = (pos + 1) & mask
-        if g < 0:
-            return <int>g
-        if g >= groups:
-            # A new group by the general path: the table, the arena and the
-            # per-group arrays may have grown.
-            slots = t.slots
-            mask = t.slot_mask
-            groups = t.n_groups
-            arena = kc.arena
-            counts = t.counts
-            key_offs = kc.offs
-            group_hash = t.group_hash
-            room = t.group_cap
-            if <int64_t>((mask + 1) >> 1) < room:
-                room = <int64_t>((mask + 1) >> 1)
-            if _MAX_GROUPS < room:
-                room = _MAX_GROUPS
         gid[i] = <uint32_t>g
-        if count:
-            counts[g] += 1
+        counts[g] += inc
     return 0
 
 
@@ -1124,7 +1123,7 @@ cdef int _assign_bin(
     # the usual case (no null key in the input nor in the table) without null checks.
     if t.keys[0].inp.valid == NULL and t.keys[0].nulls == NULL:
         if hashes == NULL:
-            return _assign_bin_fused(t, offs, start, m, gid, count)
+            return _assign_bin_fused(t, offs, start, m, gid, 1 if count else 0)
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, False)
     if hashes == NULL:
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, True, True)
