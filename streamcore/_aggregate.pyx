@@ -1026,16 +1026,16 @@ cdef inline (Slot*, uint64_t, int64_t, uint8_t*, int64_t*, int64_t*, uint64_t*, 
 
 
 cdef int _assign_bin_fused(
-    GroupTable t, const offset_t* offs, int64_t start, int64_t m, uint32_t* gid, int64_t inc,
+    GroupTable t, const offset_t* offs, int64_t start, int64_t m, uint32_t* gid,
 ) noexcept nogil:
-    # _assign_bin_rows for a table that fits in cache with no null key in the input
-    # nor in the table (the clickstream's ids), with the usual id, 9 to 16 bytes,
-    # special-cased: its two words (the first eight bytes and the last eight) are
-    # loaded once, for the hash (XXH3's 9-16 path, as _hash_key), for the compare
-    # with a group's key (the length in key0, then the same two words in the arena)
-    # and, for a new group, for its copy into the arena. A new group that fits in
-    # the room allocated is appended here; else, and for other lengths, the
-    # general path (_find_bin, _add_bin) runs.
+    # _assign_bin_rows of an update (each row counted) for a table that fits in
+    # cache with no null key in the input nor in the table (the clickstream's ids),
+    # with the usual id, 9 to 16 bytes, special-cased: its two words (the first
+    # eight bytes and the last eight) are loaded once, for the hash (XXH3's 9-16
+    # path, as _hash_key), for the compare with a group's key (the length in key0,
+    # then the same two words in the arena) and, for a new group, for its copy into
+    # the arena. A new group that fits in the room allocated is appended here; else,
+    # and for other lengths, the general path (_find_bin, _add_bin) runs.
     cdef KeyCol* kc = &t.keys[0]
     cdef const uint8_t* data = kc.inp.data
     cdef Slot* slots
@@ -1115,7 +1115,7 @@ cdef int _assign_bin_fused(
                             break
                 pos = (pos + 1) & mask
         gid[i] = <uint32_t>g
-        counts[g] += inc
+        counts[g] += 1
     return 0
 
 
@@ -1128,7 +1128,9 @@ cdef int _assign_bin(
     # the usual case (no null key in the input nor in the table) without null checks.
     if t.keys[0].inp.valid == NULL and t.keys[0].nulls == NULL:
         if hashes == NULL:
-            return _assign_bin_fused(t, offs, start, m, gid, 1 if count else 0)
+            if count:
+                return _assign_bin_fused(t, offs, start, m, gid)
+            return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, True)
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, False, False)
     if hashes == NULL:
         return _assign_bin_rows(t, offs, start, m, hashes, gid, count, True, True)
