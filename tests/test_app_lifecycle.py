@@ -183,3 +183,33 @@ def test_a_drain_asked_for_after_a_stop_without_drain_does_not_undo_it() -> None
     with scheduler.lock:
         scheduler.running = False
     app.close()
+
+
+def test_a_closed_app_is_freed_without_the_garbage_collector() -> None:
+    """Closing breaks the App's reference cycles (its executor's loop is a bound method
+    of its scheduler), so its consumers' dispatchers and window states go at once,
+    not at the collector's next full pass (seen as page faults of the next App)."""
+    import gc
+    import weakref
+
+    clock = sc.VirtualClock(start=0.0)
+    stream = sc.MemoryStream(shards=2, clock=clock)
+    stream.put([{"key": f"k{i}", "n": i} for i in range(50)], key="key")
+    gc.collect()
+    gc.disable()
+    try:
+        with sc.App(clock=clock) as app:
+
+            @app.consumer(stream, batch_size=10, tumbling_window=60)
+            def handle(batch: sc.Batch) -> None:
+                assert batch.state is not None
+                batch.state["seen"] = batch.state.get("seen", 0) + len(batch)
+
+            app.run(until_idle=True)
+            scheduler = weakref.ref(app._scheduler)
+            consumer = weakref.ref(app._scheduler.consumers[0])
+        del app, handle
+        assert scheduler() is None
+        assert consumer() is None
+    finally:
+        gc.enable()

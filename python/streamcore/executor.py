@@ -15,7 +15,7 @@ class ThreadExecutor:
     """A growable pool of daemon threads, each running ``loop(worker_id)`` until it returns."""
 
     def __init__(self, loop: Callable[[int], None], *, name: str = "streamcore") -> None:
-        self._loop = loop
+        self._loop: Callable[[int], None] | None = loop
         self._name = name
         self._threads: list[threading.Thread] = []
 
@@ -26,6 +26,8 @@ class ThreadExecutor:
     def ensure(self, n: int) -> None:
         """Have at least ``n`` live workers."""
         self._threads = [t for t in self._threads if t.is_alive()]
+        if self._loop is None:
+            raise RuntimeError("the executor is closed")
         while len(self._threads) < n:
             worker_id = len(self._threads)
             thread = threading.Thread(
@@ -40,3 +42,13 @@ class ThreadExecutor:
             if thread is not threading.current_thread():
                 thread.join(timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
+
+    def close(self) -> None:
+        """No more workers: drop ``loop``.
+
+        ``loop`` is usually a bound method of the object that owns this
+        executor: a reference cycle, which would keep everything that object
+        holds (a consumer's dispatchers, its window states) alive until the
+        garbage collector's next full pass.
+        """
+        self._loop = None

@@ -328,5 +328,6 @@ class Scheduler:
             self._shutdown = True
             self.work_cond.notify_all()
         self._executor.join(timeout=1.0)
+        self._executor.close()
         if isinstance(self.clock, VirtualClock):
             self.clock.remove_listener(self._wake_coordinator)
