@@ -2664,7 +2664,7 @@ cdef class GroupTable:
         if len(key_idx) != self.n_keys or len(value_idx) != self.n_vals:
             raise ValueError("one column index per key column and per value column is expected")
         n = batch.num_rows
-        if source is not None and (offset < 0 or offset + n > source.n_rows):
+        if source is not None and (offset < 0 or offset > source.n_rows - n):  # no overflow
             msg = f"rows {offset}..{offset + n} are not within the source's {source.n_rows}"
             raise ValueError(msg)
         column = batch.column

@@ -213,3 +213,13 @@ def test_a_closed_app_is_freed_without_the_garbage_collector() -> None:
         assert consumer() is None
     finally:
         gc.enable()
+
+
+def test_a_closed_app_cannot_be_started_again() -> None:
+    app = sc.App()
+    app.close()
+    with pytest.raises(sc.AppStateError, match="closed"):
+        app.start()
+    with pytest.raises(sc.AppStateError, match="closed"):
+        app.run(until_idle=True)
+    app.stop()  # nothing runs: returns at once

@@ -225,6 +225,8 @@ class App:
 
     def start(self) -> None:
         """Run the consumers in a background thread until ``stop()``."""
+        if self._closed:
+            raise AppStateError("the App is closed")
         if self._runner is not None and self._runner.is_alive():
             raise AppStateError("the App is already running")
         self._runner_error = None

@@ -87,7 +87,8 @@ class ShardState:
         self.last_error: dict[int, tuple[str | None, bool]] = {}
         # Per lane: the committed state of its open tumbling window.
         self.windows: dict[int, dict[str, Any]] = {}
-        # The binding of the stored batch the last invocation's records were sliced from.
+        # The binding of the stored batch the last invocation's records were sliced
+        # from, while the shard's next batches come from it too.
         self.binding: BatchBinding | None = None
 
 
@@ -282,6 +283,7 @@ class StreamConsumer:
         if log.trim_seq > 0 and dispatcher.checkpoint() + 1 < log.trim_seq:
             # Retention removed records this consumer had read but not done: they are lost.
             self.counters["records_expired"] += dispatcher.drop_before(log.trim_seq)
+            state.binding = None  # may hold a stored batch retention dropped
             self._checkpoint(state)
         now = self.clock.now()  # one reading serves the ingest and the poll
         if log.next_seq > dispatcher.next_read:
@@ -369,7 +371,10 @@ class StreamConsumer:
         if stored is not None:
             source = unit.binding
             if source is None or source.batch is not stored:
-                source = unit.binding = BatchBinding(stored)
+                source = BatchBinding(stored)
+            # Kept for the shard's next batches only while they are cut from the same
+            # stored batch: a binding must not hold a batch the log has let go of.
+            unit.binding = source if offset + work.count < stored.num_rows else None
         handed.records, handed.source, handed.offset = records, source, offset
         try:
             result = self.handler(batch)

@@ -211,10 +211,10 @@ class Scheduler:
                 raise AppStateError("the App is already running")
             self.running = True
             self._stop_requested = False
-            self._mark_all()
-            self._executor.ensure(self._workers_wanted)
-            self.work_cond.notify_all()
             try:
+                self._mark_all()
+                self._executor.ensure(self._workers_wanted)
+                self.work_cond.notify_all()
                 self._coordinate(until_idle, timeout)
             finally:
                 self.running = False
