@@ -714,6 +714,13 @@ cdef inline uint64_t _xxh3_rrmxmx(uint64_t h, uint64_t n) noexcept nogil:
     return h ^ (h >> 28)
 
 
+cdef inline uint64_t _xxh3_9to16(uint64_t first, uint64_t last, int64_t n) noexcept nogil:
+    # XXH3-64 of a key of 9 to 16 bytes, from its first and last 8 bytes (little-endian).
+    cdef uint64_t lo = first ^ 0x6782737BEA4239B9ULL
+    cdef uint64_t hi = last ^ 0xAF56BC3B0996523AULL
+    return _xxh3_avalanche(<uint64_t>n + SC_BSWAP64(lo) + hi + sc_mul128_fold64(lo, hi))
+
+
 cdef uint64_t _hash_long(const uint8_t* p, int64_t n) noexcept nogil:
     # Out of line, so that _hash_key is small enough to inline into the loops.
     return xxh64(p, <size_t>n, 0)
@@ -724,14 +731,11 @@ cdef inline uint64_t _hash_key(const uint8_t* p, int64_t n) noexcept nogil:
     XXH64 beyond. The constants are the secret's words that those lengths read, xored
     together as XXH3 does (checked against the ``xxhash`` package by the tests)."""
     cdef uint64_t lo
-    cdef uint64_t hi
     cdef uint32_t c
     if n > 16:
         return _hash_long(p, n)
     if n > 8:
-        lo = read_le64(p) ^ 0x6782737BEA4239B9ULL
-        hi = read_le64(p + n - 8) ^ 0xAF56BC3B0996523AULL
-        return _xxh3_avalanche(<uint64_t>n + SC_BSWAP64(lo) + hi + sc_mul128_fold64(lo, hi))
+        return _xxh3_9to16(read_le64(p), read_le64(p + n - 8), n)
     if n >= 4:
         lo = (<uint64_t>read_le32(p) << 32) + read_le32(p + n - 4)
         return _xxh3_rrmxmx(lo ^ 0xC73AB174C5ECD5A2ULL, <uint64_t>n)
@@ -1053,8 +1057,6 @@ cdef int _assign_bin_fused(
     cdef uint64_t h
     cdef uint64_t w0
     cdef uint64_t w1
-    cdef uint64_t lo
-    cdef uint64_t hi
     cdef uint64_t s
     cdef uint64_t key0
     cdef uint64_t pos
@@ -1076,9 +1078,7 @@ cdef int _assign_bin_fused(
         else:
             w0 = _load64(p)
             w1 = _load64(p + n - 8)
-            lo = read_le64(p) ^ 0x6782737BEA4239B9ULL
-            hi = read_le64(p + n - 8) ^ 0xAF56BC3B0996523AULL
-            h = _xxh3_avalanche(<uint64_t>n + SC_BSWAP64(lo) + hi + sc_mul128_fold64(lo, hi))
+            h = _xxh3_9to16(read_le64(p), read_le64(p + n - 8), n)
             pos = h & mask
             while True:
                 s = slots[pos].tag_gid

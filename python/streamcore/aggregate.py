@@ -447,11 +447,7 @@ class Aggregator:
             # The records streamcore handed the running handler cannot change: their
             # fold may run on the background thread (see update).
             if batch is handed.records:
-                source = handed.source
-                if source is None:
-                    table.update_batch(batch, plan.key_idx, plan.value_idx, True)
-                else:
-                    table.update_batch(batch, plan.key_idx, plan.value_idx, True, source, handed.offset)
+                table.update_batch(batch, plan.key_idx, plan.value_idx, True, handed.source, handed.offset)
             else:
                 table.update_batch(batch, plan.key_idx, plan.value_idx)
 
