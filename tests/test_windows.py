@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
+
 import streamcore as sc
 from streamcore.checkpoints import ShardProgress
 
@@ -166,6 +168,24 @@ def test_invalid_state_fails_the_invocation() -> None:
     assert len(failed) == 1 and "invalid window state" in (failed[0].error or "")
 
 
+def test_closing_invocation_state_is_dropped_unchecked() -> None:
+    """The state a closing invocation leaves is dropped (SEMANTICS 2.9): nothing to size or save."""
+    clock = sc.VirtualClock(start=START)
+    stream = filled_stream(clock, rows=1, gap=1)
+    app = sc.App(clock=clock)
+    finals: list[bool] = []
+
+    @app.consumer(stream, tumbling_window=60, max_retries=0, on_failure=lambda failed: None)
+    def handle(batch: sc.Batch) -> None:
+        if batch.is_final:
+            batch.state["unsaveable"] = object()
+            finals.append(True)
+
+    app.run(until_idle=True)
+    assert finals == [True]
+    assert app.metrics()["errors"] == 0
+
+
 def test_state_per_lane_with_parallelization() -> None:
     clock = sc.VirtualClock(start=START)
     stream = filled_stream(clock, rows=40, gap=0.5, keys=8)
@@ -264,3 +284,28 @@ def test_a_live_aggregator_in_window_state_is_copied_per_invocation_and_persiste
     progress = ShardProgress(0, [0], states={0: [1, {"agg": sc.Aggregator(by=["key"], count=True)}]})
     restored = ShardProgress(0, [0], progress.windows).states
     assert isinstance(restored[0][1]["agg"], sc.Aggregator)
+
+
+def test_state_copy_shares_immutables_copies_the_rest_and_keeps_aliasing() -> None:
+    """What each window invocation gets: a copy a failed invocation cannot leak into."""
+    from streamcore.windows import copy_state, state_nbytes
+
+    agg = sc.Aggregator(by=["k"])
+    agg.update(pa.table({"k": ["a", "b"]}))
+    shared = [1, 2]
+    state = {"n": 3, "s": "x", "agg": agg, "same_agg": agg, "list": shared, "alias": shared}
+    copied = copy_state(state)
+    assert copied == {**state, "agg": copied["agg"], "same_agg": copied["agg"]}
+    assert copied["n"] is state["n"] and copied["s"] is state["s"]
+    assert copied["agg"] is not agg and copied["same_agg"] is copied["agg"]
+    assert copied["list"] is not shared and copied["alias"] is copied["list"]
+    copied["agg"].update(pa.table({"k": ["c"]}))
+    copied["list"].append(3)
+    assert len(agg) == 2 and shared == [1, 2]
+    assert len(copied["agg"]) == 3
+
+    # Sizes: the JSON of the rest plus each aggregator's native bytes (a shared one twice).
+    rest = state_nbytes({"n": 3, "s": "x", "list": shared, "alias": shared})
+    assert state_nbytes(state) == rest + 2 * agg.nbytes
+    assert state_nbytes({"agg": agg}) == 2 + agg.nbytes
+    assert state_nbytes({}) == 2

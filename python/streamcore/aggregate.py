@@ -183,6 +183,8 @@ def handing(
         handed.offset = 0
 
 
+_new = object.__new__
+
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
 _SPECS: dict[tuple[object, ...], _Spec] = {}
 _SPECS_MAX = 256
@@ -208,7 +210,10 @@ def _spec_for(by: Sequence[str] | str, count: bool, given: dict[str, Sequence[st
     ``count``) are cached; the key keeps their exact values, so arguments that
     validation rejects never find a cached spec.
     """
-    key = (_frozen(by), count, *[_frozen(given[op]) for op in _AGGREGATES])
+    key = (  # spelled out: a comprehension costs a call (a new aggregator per window)
+        _frozen(by), count,
+        _frozen(given["sum"]), _frozen(given["min"]), _frozen(given["max"]), _frozen(given["mean"]),
+    )
     if type(count) is not bool or _UNCACHED in key:
         return _Spec(by, count, given)
     spec = _SPECS.get(key)
@@ -312,7 +317,7 @@ class Aggregator:
         accumulators it changes, and this aggregator, if it is updated again while
         the copy lives, first copies the groups it has (what a copy used to cost).
         """
-        twin = Aggregator.__new__(Aggregator)
+        twin = _new(Aggregator)
         # The spec and the plan are never mutated in place: share them.
         twin._s, twin._plan = self._s, self._plan
         table = self._table
@@ -398,6 +403,13 @@ class Aggregator:
         TypeError
             When ``records`` is not Arrow data.
         """
+        if records is handed.records:  # a handler's batch: one call less on this hot path
+            plan = self._plan
+            table = self._table
+            if plan is not None and not plan.any_fix and records.schema.equals(plan.schema):
+                assert table is not None
+                table.update_batch(records, plan.key_idx, plan.value_idx, True, handed.source, handed.offset)
+                return
         if isinstance(records, pa.RecordBatch):
             self._update_batch(records)
             return

@@ -157,6 +157,7 @@ class StreamConsumer:
         self._timeout = options.timeout
         self._window_ms = int(options.tumbling_window * 1000) if options.tumbling_window else 0
         self._report_failures = options.report_failures
+        self._max_state_bytes = options.max_state_bytes
         self.iterator_age_ms = 0
         self.in_flight = 0
         # Records read ahead of the oldest one not done, per shard. One lane only
@@ -390,10 +391,11 @@ class StreamConsumer:
                 state = result["state"]
             if not isinstance(state, dict):
                 return Outcome(error=f"invalid window state: {type(state).__name__}, expected a dict")
-            try:
-                state_bytes = state_nbytes(state, self.options.max_state_bytes)
-            except TypeError as exc:
-                return Outcome(error=f"invalid window state: {exc}")
+            if kind != FINAL:  # a closing invocation's state is dropped: neither kept nor saved
+                try:
+                    state_bytes = state_nbytes(state, self._max_state_bytes)
+                except TypeError as exc:
+                    return Outcome(error=f"invalid window state: {exc}")
         if not self._report_failures:
             return Outcome(state, state_bytes)
         seqs = records.column("seq")
@@ -498,7 +500,7 @@ class StreamConsumer:
             return
         assert outcome.state is not None
         windows[work.lane] = outcome.state
-        if outcome.state_bytes > self.options.max_state_bytes:
+        if outcome.state_bytes > self._max_state_bytes:
             work.unit.dispatcher.terminate_early(work.lane)
 
     def abandon(self, work: Work) -> None:

@@ -72,17 +72,18 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     is: a figure that is at most ``limit`` may be an upper bound of the size.
     Raises TypeError for values that are not JSON, bytes or aggregators.
     """
-    aggregators: list[Aggregator] = []
-    rest = state
-    for key, value in state.items():  # one pass: this runs after every window invocation
+    aggregators: list[Aggregator] | None = None
+    for value in state.values():  # one pass to find them: this runs after every window invocation
         if type(value) is Aggregator or isinstance(value, Aggregator):
-            if not aggregators:
-                rest = dict(state)
-            aggregators.append(value)
-            del rest[key]
-    size = len(encode_state(rest)) if rest else 2  # {}
-    if not aggregators:
-        return size
+            if aggregators is None:
+                aggregators = [value]
+            else:
+                aggregators.append(value)
+    if aggregators is None:
+        return len(encode_state(state))
+    size = 2  # {}
+    if len(aggregators) < len(state):
+        size = len(encode_state({k: v for k, v in state.items() if not isinstance(v, Aggregator)}))
     if limit is not None:
         # An aggregator folding in the background gives a bound without waiting.
         bound = size
@@ -101,16 +102,19 @@ def copy_state(state: dict[str, Any]) -> dict[str, Any]:
     A deep copy, but values that cannot change in place are shared and an
     aggregator is copied natively: this runs before every window invocation.
     """
-    out: dict[str, Any] = {}
-    memo: dict[int, Any] = {}  # one memo: values that share an object still share its copy
+    out = dict(state)  # immutable values stay shared; the others are replaced below
+    memo: dict[int, Any] | None = None  # values that share an object still share its copy
     for key, value in state.items():
-        if type(value) in _IMMUTABLE:
-            out[key] = value
-        elif type(value) is Aggregator:
+        cls = type(value)
+        if cls is Aggregator:
+            if memo is None:
+                memo = {}
             twin = memo.get(id(value))
             if twin is None:
                 twin = memo[id(value)] = value.copy()
             out[key] = twin
-        else:
+        elif cls not in _IMMUTABLE:
+            if memo is None:
+                memo = {}
             out[key] = copy.deepcopy(value, memo)
     return out
