@@ -505,6 +505,10 @@ cdef const int64_t* _order_address(object order, Py_ssize_t n) except? NULL:
     return (<const int64_t*>buffer_address(order.buffers()[1])) + <Py_ssize_t>order.offset
 
 
+_INT32_ID = pa.int32().id
+_INT64_ID = pa.int64().id
+
+
 def scatter_sequences(order, starts, counts):
     """Seq of every input row, in input order, after a grouping by shard.
 
@@ -604,7 +608,8 @@ cdef struct _Job:
 cdef struct _Gather:
     _Job* jobs
     Py_ssize_t n_jobs
-    const int64_t* perm
+    const void* perm  # int32_t (perm32) or int64_t per row
+    bint perm32
     Py_ssize_t n
     Py_ssize_t split
 
@@ -627,7 +632,14 @@ ctypedef fused _offset_t:
     int64_t
 
 
-cdef void _gather_words(const _word_t* src, const int64_t* perm, Py_ssize_t n, _word_t* out) noexcept nogil:
+# A gather's permutation: int32 (what _partition.assign makes below 2**31 rows:
+# half the bytes to read per row) or int64.
+ctypedef fused _index_t:
+    int32_t
+    int64_t
+
+
+cdef void _gather_words(const _word_t* src, const _index_t* perm, Py_ssize_t n, _word_t* out) noexcept nogil:
     cdef Py_ssize_t i = 0
     # Four rows a step: one row a step spends half its instructions on the loop.
     while i + 4 <= n:
@@ -642,7 +654,7 @@ cdef void _gather_words(const _word_t* src, const int64_t* perm, Py_ssize_t n, _
 
 
 cdef void _gather_wide(
-    const uint8_t* src, size_t width, const int64_t* perm, Py_ssize_t n, uint8_t* out
+    const uint8_t* src, size_t width, const _index_t* perm, Py_ssize_t n, uint8_t* out
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
@@ -650,7 +662,7 @@ cdef void _gather_wide(
 
 
 cdef void _gather_bits(
-    const uint8_t* src, int64_t src_offset, const int64_t* perm, Py_ssize_t n, uint8_t* out
+    const uint8_t* src, int64_t src_offset, const _index_t* perm, Py_ssize_t n, uint8_t* out
 ) noexcept nogil:
     cdef Py_ssize_t i, k, full = n >> 3, tail = n & 7
     cdef int64_t j
@@ -710,7 +722,7 @@ cdef int64_t _gather_var_forward(
     const _offset_t* offsets,
     const uint8_t* data,
     int64_t data_size,
-    const int64_t* perm,
+    const _index_t* perm,
     Py_ssize_t lo,
     Py_ssize_t hi,
     bint bounded,
@@ -780,7 +792,7 @@ cdef int64_t _gather_var_forward(
 cdef int64_t _gather_var_backward(
     const _offset_t* offsets,
     const uint8_t* data,
-    const int64_t* perm,
+    const _index_t* perm,
     Py_ssize_t lo,
     Py_ssize_t hi,
     _offset_t* out_offsets,
@@ -839,7 +851,7 @@ cdef int64_t _gather_var_backward(
 
 
 cdef void _run_job(
-    _Job* job, const int64_t* perm, Py_ssize_t lo, Py_ssize_t hi, bint forward, bint bounded
+    _Job* job, const _index_t* perm, Py_ssize_t lo, Py_ssize_t hi, bint forward, bint bounded
 ) noexcept nogil:
     cdef const uint8_t* src
     cdef Py_ssize_t n = hi - lo
@@ -891,9 +903,15 @@ cdef void _gather_task(void* ctx, Py_ssize_t task) noexcept nogil:
     cdef _Gather* g = <_Gather*>ctx
     cdef _Job* job = &g.jobs[task >> 1]
     if task & 1 == 0:
-        _run_job(job, g.perm, 0, g.split, True, g.split < g.n)
+        if g.perm32:
+            _run_job(job, <const int32_t*>g.perm, 0, g.split, True, g.split < g.n)
+        else:
+            _run_job(job, <const int64_t*>g.perm, 0, g.split, True, g.split < g.n)
     elif g.split < g.n:
-        _run_job(job, g.perm, g.split, g.n, False, False)
+        if g.perm32:
+            _run_job(job, <const int32_t*>g.perm, g.split, g.n, False, False)
+        else:
+            _run_job(job, <const int64_t*>g.perm, g.split, g.n, False, False)
 
 
 cdef Py_ssize_t _fixed_width(object dtype) except -1:
@@ -962,10 +980,10 @@ def gather(arrays, order):
         ``Array.take``. From ``parallel_config``'s ``min_rows`` rows on, each
         column is gathered in two halves of its rows, which two threads take
         in turn; from 65536 rows on, with the GIL released.
-    order : pyarrow.Int64Array
-        A permutation of ``range(len(order))``, as ``_partition.partition``
-        makes. Its values are not bounds-checked (a value out of range reads
-        out of bounds); only its length is checked.
+    order : pyarrow.Int32Array or pyarrow.Int64Array
+        A permutation of ``range(len(order))``, as ``_partition.partition`` and
+        ``assign`` make. Its values are not bounds-checked (a value out of range
+        reads out of bounds); only its length is checked.
 
     Returns
     -------
@@ -979,10 +997,17 @@ def gather(arrays, order):
         a var-length column are not exactly its input's bytes (``order`` is not a
         permutation; detected before anything is written out of bounds).
     TypeError
-        If ``order`` is not an int64 array without nulls.
+        If ``order`` is not an int32 or int64 array without nulls.
     """
     cdef Py_ssize_t n = len(order)
-    cdef const int64_t* perm = _order_address(order, n)
+    order_id = order.type.id if isinstance(order, pa.Array) else None
+    if (order_id != _INT32_ID and order_id != _INT64_ID) or order.null_count:
+        got = order.type if isinstance(order, pa.Array) else type(order).__name__
+        raise TypeError(f"order must be an int32 or int64 array without nulls, got {got}")
+    cdef bint perm32 = order_id == _INT32_ID
+    cdef const uint8_t* perm = NULL
+    if n:
+        perm = buffer_address(order.buffers()[1]) + (4 if perm32 else 8) * <Py_ssize_t>order.offset
     cdef Py_ssize_t n_cols = len(arrays), k
     out = list(arrays)
     native = []  # (index, array, output buffers) of the natively gathered columns
@@ -996,6 +1021,7 @@ def gather(arrays, order):
     g.jobs = jobs
     g.n_jobs = 0
     g.perm = perm
+    g.perm32 = perm32
     g.n = n
     g.split = (n // 2) & ~(<Py_ssize_t>7) if parallel_rows(n) else n
     try:

@@ -10,7 +10,7 @@ order within each shard. ``assign`` also gives every row its shard id and seq
 (``_arrow.run_tasks``); the result is the same.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
@@ -87,6 +87,19 @@ cdef void _fill_buckets(const uint64_t* starts, Py_ssize_t n_ranges, _Bucket* bu
             buckets[b].first = ~(<int64_t>s)
 
 
+# Row indices and owners are stored as narrow as they fit: assign's order as
+# int32 below 2**31 rows (half the scattered stores of the place pass, and half
+# what _arrow.gather reads per row), its owners as uint8 up to 256 ranges (the
+# count pass writes and the place pass reads a byte per row).
+ctypedef fused owner_t:
+    uint8_t
+    int32_t
+
+ctypedef fused index_t:
+    int32_t
+    int64_t
+
+
 cdef struct _Grouping:
     const uint64_t* h
     Py_ssize_t n
@@ -94,15 +107,17 @@ cdef struct _Grouping:
     const uint64_t* starts
     const _Bucket* buckets
     Py_ssize_t block  # rows per block; the last block also takes the n % _BLOCKS others
-    int32_t* owner
-    int64_t* order
+    void* owner  # uint8_t (owner8) or int32_t per row
+    void* order  # int32_t (order32) or int64_t per row
+    bint owner8
+    bint order32
     # _counters(g, k)[s]: rows of block k in range s, then where the next goes.
     int64_t* pos
-    # assign only (NULL for partition): per range, its shard id, its first seq and
-    # where its rows begin in order; per row, the shard id and seq it gets.
+    # assign only (NULL for partition): per range, its shard id and its first seq
+    # less where its rows begin in order (set by _group); per row, the shard id and
+    # seq it gets.
     const int64_t* ids
-    const uint64_t* firsts
-    const int64_t* begins
+    uint64_t* seq_base
     int64_t* out_id
     uint64_t* out_seq
 
@@ -111,13 +126,11 @@ cdef inline int64_t* _counters(const _Grouping* g, Py_ssize_t k) noexcept nogil:
     return g.pos + k * g.n_ranges + (k // _BLOCKS_PER_TASK) * _PAD
 
 
-cdef void _count_task(void* ctx, Py_ssize_t task) noexcept nogil:
+cdef void _count_rows(const _Grouping* g, Py_ssize_t task, owner_t* owner) noexcept nogil:
     """Owner of every row of the task's blocks, counted per block and range."""
-    cdef _Grouping* g = <_Grouping*>ctx
     cdef const _Bucket* buckets = g.buckets
     cdef const uint64_t* starts = g.starts
     cdef const uint64_t* h = g.h
-    cdef int32_t* owner = g.owner
     cdef Py_ssize_t last = g.n_ranges - 1, n_ranges = g.n_ranges, block = g.block
     cdef Py_ssize_t i, k, row, first = task * _BLOCKS_PER_TASK
     cdef Py_ssize_t end = (first + _BLOCKS_PER_TASK) * block  # the last block also has the other rows
@@ -125,7 +138,7 @@ cdef void _count_task(void* ctx, Py_ssize_t task) noexcept nogil:
     if first + _BLOCKS_PER_TASK == _BLOCKS:
         end = g.n
     for row in range(first * block, end):
-        owner[row] = <int32_t>_owner(buckets, starts, last, h[row])
+        owner[row] = <owner_t>_owner(buckets, starts, last, h[row])
     for i in range(block):
         for k in range(_BLOCKS_PER_TASK):
             pos[k * n_ranges + owner[(first + k) * block + i]] += 1
@@ -135,52 +148,77 @@ cdef void _count_task(void* ctx, Py_ssize_t task) noexcept nogil:
             pos[owner[row]] += 1
 
 
-cdef void _place_task(void* ctx, Py_ssize_t task) noexcept nogil:
-    """Every row of the task's blocks written to its place in order (and, for assign, its shard and seq)."""
+cdef void _count_task(void* ctx, Py_ssize_t task) noexcept nogil:
     cdef _Grouping* g = <_Grouping*>ctx
-    cdef const int32_t* owner = g.owner
-    cdef int64_t* order = g.order
+    if g.owner8:
+        _count_rows(g, task, <uint8_t*>g.owner)
+    else:
+        _count_rows(g, task, <int32_t*>g.owner)
+
+
+cdef void _place_rows(const _Grouping* g, Py_ssize_t task, const owner_t* owner, index_t* order) noexcept nogil:
+    """Every row of the task's blocks written to its place in order (and, for assign, its shard and seq)."""
     cdef const int64_t* ids = g.ids
-    cdef const uint64_t* firsts = g.firsts
-    cdef const int64_t* begins = g.begins
+    cdef const uint64_t* seq_base = g.seq_base
     cdef int64_t* out_id = g.out_id
     cdef uint64_t* out_seq = g.out_seq
-    cdef Py_ssize_t n_ranges = g.n_ranges, block = g.block, end = g.n
+    cdef Py_ssize_t block = g.block, end = g.n
     cdef Py_ssize_t i, k, row, o, first = task * _BLOCKS_PER_TASK
-    cdef int64_t* pos = _counters(g, first)
     cdef int64_t at
+    cdef int64_t* last_pos = _counters(g, _BLOCKS - 1)
+    # Each block's first row and counters, out of the row loop.
+    cdef Py_ssize_t rows[_BLOCKS_PER_TASK]
+    cdef int64_t* pos[_BLOCKS_PER_TASK]
+    for k in range(_BLOCKS_PER_TASK):
+        rows[k] = (first + k) * block
+        pos[k] = _counters(g, first + k)
     if first + _BLOCKS_PER_TASK != _BLOCKS:
         end = 0  # only the last block has rows after _BLOCKS * block
     if out_seq == NULL:
         for i in range(block):
             for k in range(_BLOCKS_PER_TASK):
-                row = (first + k) * block + i
-                o = k * n_ranges + owner[row]
-                order[pos[o]] = row
-                pos[o] += 1
-        pos = _counters(g, _BLOCKS - 1)
+                row = rows[k] + i
+                o = owner[row]
+                at = pos[k][o]
+                order[at] = <index_t>row
+                pos[k][o] = at + 1
         for row in range(_BLOCKS * block, end):
             o = owner[row]
-            order[pos[o]] = row
-            pos[o] += 1
+            at = last_pos[o]
+            order[at] = <index_t>row
+            last_pos[o] = at + 1
         return
+    # A row's seq is its range's first seq plus its place among the range's rows:
+    # seq_base[o] + at (seq_base is the first seq less where the range begins).
     for i in range(block):
         for k in range(_BLOCKS_PER_TASK):
-            row = (first + k) * block + i
+            row = rows[k] + i
             o = owner[row]
-            at = pos[k * n_ranges + o]
-            order[at] = row
-            pos[k * n_ranges + o] = at + 1
-            out_seq[row] = firsts[o] + <uint64_t>(at - begins[o])
+            at = pos[k][o]
+            order[at] = <index_t>row
+            pos[k][o] = at + 1
+            out_seq[row] = seq_base[o] + <uint64_t>at
             out_id[row] = ids[o]
-    pos = _counters(g, _BLOCKS - 1)
     for row in range(_BLOCKS * block, end):
         o = owner[row]
-        at = pos[o]
-        order[at] = row
-        pos[o] = at + 1
-        out_seq[row] = firsts[o] + <uint64_t>(at - begins[o])
+        at = last_pos[o]
+        order[at] = <index_t>row
+        last_pos[o] = at + 1
+        out_seq[row] = seq_base[o] + <uint64_t>at
         out_id[row] = ids[o]
+
+
+cdef void _place_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    cdef _Grouping* g = <_Grouping*>ctx
+    if g.owner8:
+        if g.order32:
+            _place_rows(g, task, <const uint8_t*>g.owner, <int32_t*>g.order)
+        else:
+            _place_rows(g, task, <const uint8_t*>g.owner, <int64_t*>g.order)
+    elif g.order32:
+        _place_rows(g, task, <const int32_t*>g.owner, <int32_t*>g.order)
+    else:
+        _place_rows(g, task, <const int32_t*>g.owner, <int64_t*>g.order)
 
 
 cdef void _run(task_fn fn, _Grouping* g) noexcept:
@@ -207,9 +245,8 @@ cdef list _group(object hashes, object starts, _Grouping* g):
     cdef uint64_t* c_starts = <uint64_t*>malloc(n_ranges * sizeof(uint64_t))
     cdef _Bucket* buckets = <_Bucket*>malloc((1 << _BITS) * sizeof(_Bucket))
     cdef int64_t* pos = <int64_t*>calloc(_BLOCKS * n_ranges + _TASKS * _PAD, sizeof(int64_t))
-    cdef int64_t* begins = <int64_t*>malloc(n_ranges * sizeof(int64_t))
     try:
-        if c_starts == NULL or buckets == NULL or pos == NULL or begins == NULL:
+        if c_starts == NULL or buckets == NULL or pos == NULL:
             raise MemoryError()
         for i in range(n_ranges):
             c_starts[i] = starts[i]
@@ -220,11 +257,11 @@ cdef list _group(object hashes, object starts, _Grouping* g):
         g.buckets = buckets
         g.block = n // _BLOCKS
         g.pos = pos
-        g.begins = begins
         _fill_buckets(c_starts, n_ranges, buckets)
         _run(_count_task, g)
         for s in range(n_ranges):  # counts -> where each block's rows of range s start
-            begins[s] = total
+            if g.seq_base != NULL:
+                g.seq_base[s] -= <uint64_t>total
             for k in range(_BLOCKS):
                 c = _counters(g, k)[s]
                 _counters(g, k)[s] = total
@@ -238,7 +275,6 @@ cdef list _group(object hashes, object starts, _Grouping* g):
         free(c_starts)
         free(buckets)
         free(pos)
-        free(begins)
 
 
 def partition(hashes, starts):
@@ -268,8 +304,8 @@ def partition(hashes, starts):
     owner_buf = pa.allocate_buffer(4 * n)
     order_buf = pa.allocate_buffer(8 * n)
     g.n = n
-    g.owner = <int32_t*>buffer_address(owner_buf)
-    g.order = <int64_t*>buffer_address(order_buf)
+    g.owner = <void*>buffer_address(owner_buf)
+    g.order = <void*>buffer_address(order_buf)
     counts = _group(hashes, starts, &g)
     return (
         pa.Array.from_buffers(pa.int32(), n, [None, owner_buf]),
@@ -300,9 +336,10 @@ def assign(hashes, starts, ids, firsts):
     Returns
     -------
     (order, counts, shard, seq)
-        ``order`` (int64) a stable permutation of the rows grouped by range,
-        ``counts`` the rows per range, ``shard`` (int64) and ``seq`` (uint64)
-        those of every row, in input order.
+        ``order`` a stable permutation of the rows grouped by range (int32 below
+        2**31 rows, else int64; ``_arrow.gather`` takes either), ``counts`` the
+        rows per range, ``shard`` (int64) and ``seq`` (uint64) those of every
+        row, in input order.
     """
     cdef Py_ssize_t n = len(hashes)
     cdef Py_ssize_t n_ranges = len(starts), s
@@ -313,32 +350,34 @@ def assign(hashes, starts, ids, firsts):
         )
     cdef _Grouping g
     memset(&g, 0, sizeof(_Grouping))
+    g.owner8 = n_ranges <= 256
+    g.order32 = n <= INT32_MAX
     cdef int64_t* c_ids = <int64_t*>malloc(max(n_ranges, 1) * sizeof(int64_t))
-    cdef uint64_t* c_firsts = <uint64_t*>malloc(max(n_ranges, 1) * sizeof(uint64_t))
-    cdef int32_t* owner = <int32_t*>malloc(max(n, 1) * sizeof(int32_t))
+    cdef uint64_t* seq_base = <uint64_t*>malloc(max(n_ranges, 1) * sizeof(uint64_t))
+    cdef void* owner = malloc(max(n, 1) * (1 if g.owner8 else 4))
     try:
-        if c_ids == NULL or c_firsts == NULL or owner == NULL:
+        if c_ids == NULL or seq_base == NULL or owner == NULL:
             raise MemoryError()
         for s in range(n_ranges):
             c_ids[s] = ids[s]
-            c_firsts[s] = firsts[s]
-        order_buf = pa.allocate_buffer(8 * n)
+            seq_base[s] = firsts[s]  # _group takes where the range begins off
+        order_buf = pa.allocate_buffer((4 if g.order32 else 8) * n)
         id_buf = pa.allocate_buffer(8 * n)
         seq_buf = pa.allocate_buffer(8 * n)
         g.n = n
         g.owner = owner
-        g.order = <int64_t*>buffer_address(order_buf)
+        g.order = <void*>buffer_address(order_buf)
         g.ids = c_ids
-        g.firsts = c_firsts
+        g.seq_base = seq_base
         g.out_id = <int64_t*>buffer_address(id_buf)
         g.out_seq = <uint64_t*>buffer_address(seq_buf)
         counts = _group(hashes, starts, &g)
     finally:
         free(c_ids)
-        free(c_firsts)
+        free(seq_base)
         free(owner)
     return (
-        pa.Array.from_buffers(pa.int64(), n, [None, order_buf]),
+        pa.Array.from_buffers(pa.int32() if g.order32 else pa.int64(), n, [None, order_buf]),
         counts,
         pa.Array.from_buffers(pa.int64(), n, [None, id_buf]),
         pa.Array.from_buffers(pa.uint64(), n, [None, seq_buf]),
