@@ -294,16 +294,33 @@ def helper_tasks():
 
 # -- row sizes, seqs ----------------------------------------------------------------
 
-cdef void _add_var32(uint32_t* out, const int32_t* offsets, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        out[i] += <uint32_t>(4 + offsets[i + 1] - offsets[i])
+ctypedef fused _size_offset_t:
+    int32_t
+    int64_t
 
 
-cdef void _add_var64(uint32_t* out, const int64_t* offsets, Py_ssize_t n) noexcept nogil:
+cdef void _add_var(
+    uint32_t* out, const _size_offset_t* offsets, Py_ssize_t n, uint32_t times, uint32_t base
+) noexcept nogil:
+    """out[i] = base + times * (offset width + length of value i), or out[i] += that when base is 0.
+
+    Without a multiply when times is 1 or 2 (a key column that is also a payload
+    column): 32-bit multiplies do not vectorise on the baseline x86-64 target.
+    """
     cdef Py_ssize_t i
-    for i in range(n):
-        out[i] += <uint32_t>(8 + offsets[i + 1] - offsets[i])
+    cdef uint32_t width = sizeof(_size_offset_t)
+    if times == 1 and base:
+        for i in range(n):
+            out[i] = base + <uint32_t>(width + offsets[i + 1] - offsets[i])
+    elif times == 1:
+        for i in range(n):
+            out[i] += <uint32_t>(width + offsets[i + 1] - offsets[i])
+    elif times == 2:
+        for i in range(n):
+            out[i] = (base if base else out[i]) + (<uint32_t>(width + offsets[i + 1] - offsets[i]) << 1)
+    else:
+        for i in range(n):
+            out[i] = (base if base else out[i]) + times * <uint32_t>(width + offsets[i + 1] - offsets[i])
 
 
 cdef void _add_const(uint32_t* out, uint32_t value, Py_ssize_t n) noexcept nogil:
@@ -319,22 +336,30 @@ cdef struct _Sizes:
     Py_ssize_t n_var
     const uint8_t** offsets  # offsets of each var-length column, at its first row
     bint* wide  # whether those offsets are int64
+    # How many columns have those offsets: a put's key column is also a payload
+    # column, its one array sized once and counted twice.
+    uint32_t* times
 
 
 cdef void _fill_sizes(const _Sizes* z) noexcept nogil:
     # Block by block, so that each block of `out` stays in cache across the columns.
     cdef Py_ssize_t i, c, lo, m
     cdef uint32_t* out
+    cdef uint32_t base
     for lo in range(0, z.n, 4096):
         m = min(z.n - lo, 4096)
         out = z.out + lo
-        for i in range(m):
-            out[i] = z.fixed
+        if z.n_var == 0 or z.fixed == 0:
+            for i in range(m):
+                out[i] = z.fixed
         for c in range(z.n_var):
+            # The first column's pass also sets the fixed bytes (when there are some:
+            # a base of 0 adds to what is there).
+            base = z.fixed if c == 0 else 0
             if z.wide[c]:
-                _add_var64(out, (<const int64_t*>z.offsets[c]) + lo, m)
+                _add_var(out, (<const int64_t*>z.offsets[c]) + lo, m, z.times[c], base)
             else:
-                _add_var32(out, (<const int32_t*>z.offsets[c]) + lo, m)
+                _add_var(out, (<const int32_t*>z.offsets[c]) + lo, m, z.times[c], base)
 
 
 def row_nbytes(batch, groups=None):
@@ -371,9 +396,12 @@ def row_nbytes(batch, groups=None):
     z.n_var = 0
     z.offsets = <const uint8_t**>malloc(max(n_cols, 1) * sizeof(uint8_t*))
     z.wide = <bint*>malloc(max(n_cols, 1) * sizeof(bint))
+    z.times = <uint32_t*>malloc(max(n_cols, 1) * sizeof(uint32_t))
     nested = []  # columns of no fixed width, sized per row by their average
+    cdef const uint8_t* at
+    cdef Py_ssize_t seen
     try:
-        if z.offsets == NULL or z.wide == NULL:
+        if z.offsets == NULL or z.wide == NULL or z.times == NULL:
             raise MemoryError()
         for column in columns:
             layout, width = _layout(column.type)
@@ -384,8 +412,15 @@ def row_nbytes(batch, groups=None):
                     z.fixed += 8 if z.wide[z.n_var] else 4
                     continue
                 # `batch` keeps the offsets alive.
-                z.offsets[z.n_var] = raw + (8 if z.wide[z.n_var] else 4) * <Py_ssize_t>column.offset
-                z.n_var += 1
+                at = raw + (8 if z.wide[z.n_var] else 4) * <Py_ssize_t>column.offset
+                for seen in range(z.n_var):
+                    if z.offsets[seen] == at and z.wide[seen] == z.wide[z.n_var]:
+                        z.times[seen] += 1  # the same offsets again
+                        break
+                else:
+                    z.offsets[z.n_var] = at
+                    z.times[z.n_var] = 1
+                    z.n_var += 1
                 continue
             if layout == LAYOUT_FIXED:
                 z.fixed += width
@@ -411,6 +446,7 @@ def row_nbytes(batch, groups=None):
     finally:
         free(z.offsets)
         free(z.wide)
+        free(z.times)
     for column in nested:
         start = 0
         for count in groups:

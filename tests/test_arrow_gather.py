@@ -370,3 +370,34 @@ def test_row_nbytes_of_a_batch_equals_row_nbytes_of_its_columns() -> None:
     with pytest.raises(ValueError, match="equal length"):
         _arrow.row_nbytes([pa.array([1, 2]), pa.array([1])])
     assert len(_arrow.row_nbytes([])) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    strings=st.lists(st.one_of(st.none(), st.text(max_size=20)), min_size=1, max_size=60),
+    repeats=st.lists(st.sampled_from(["s", "s", "s2", "large", "sliced", "f"]), max_size=6),
+    data=st.data(),
+)
+def test_row_nbytes_of_columns_equals_the_model(
+    strings: list[str | None], repeats: list[str], data: st.DataObject
+) -> None:
+    # The same array may come more than once (a put's key column is also a payload
+    # column): each occurrence counts.
+    n = len(strings)
+    start = data.draw(st.integers(0, n - 1))
+    base = pa.array(strings, pa.utf8())
+    arrays = {
+        "s": base.slice(start),
+        "s2": pa.array(strings[start:], pa.utf8()),  # equal values, other buffers
+        "large": base.cast(pa.large_utf8()).slice(start),
+        "sliced": base.slice(start),  # another Array over the same offsets
+        "f": pa.array(range(n - start), pa.float64()),
+    }
+    columns = [arrays[name] for name in repeats]
+    lengths = [len(s.encode()) if s is not None else 0 for s in strings[start:]]
+    width = {"s": 4, "s2": 4, "sliced": 4, "large": 8, "f": 8}
+    expected = [
+        sum(width[name] + (length if name != "f" else 0) for name in repeats) for length in lengths
+    ]
+    if columns:
+        assert _arrow.row_nbytes(columns).to_pylist() == expected
