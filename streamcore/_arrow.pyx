@@ -294,16 +294,33 @@ def helper_tasks():
 
 # -- row sizes, seqs ----------------------------------------------------------------
 
-cdef void _add_var32(uint32_t* out, const int32_t* offsets, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        out[i] += <uint32_t>(4 + offsets[i + 1] - offsets[i])
+ctypedef fused _size_offset_t:
+    int32_t
+    int64_t
 
 
-cdef void _add_var64(uint32_t* out, const int64_t* offsets, Py_ssize_t n) noexcept nogil:
+cdef void _add_var(
+    uint32_t* out, const _size_offset_t* offsets, Py_ssize_t n, uint32_t times, uint32_t base
+) noexcept nogil:
+    """out[i] = base + times * (offset width + length of value i), or out[i] += that when base is 0.
+
+    Without a multiply when times is 1 or 2 (a key column that is also a payload
+    column): 32-bit multiplies do not vectorise on the baseline x86-64 target.
+    """
     cdef Py_ssize_t i
-    for i in range(n):
-        out[i] += <uint32_t>(8 + offsets[i + 1] - offsets[i])
+    cdef uint32_t width = sizeof(_size_offset_t)
+    if times == 1 and base:
+        for i in range(n):
+            out[i] = base + <uint32_t>(width + offsets[i + 1] - offsets[i])
+    elif times == 1:
+        for i in range(n):
+            out[i] += <uint32_t>(width + offsets[i + 1] - offsets[i])
+    elif times == 2:
+        for i in range(n):
+            out[i] = (base if base else out[i]) + (<uint32_t>(width + offsets[i + 1] - offsets[i]) << 1)
+    else:
+        for i in range(n):
+            out[i] = (base if base else out[i]) + times * <uint32_t>(width + offsets[i + 1] - offsets[i])
 
 
 cdef void _add_const(uint32_t* out, uint32_t value, Py_ssize_t n) noexcept nogil:
@@ -319,22 +336,30 @@ cdef struct _Sizes:
     Py_ssize_t n_var
     const uint8_t** offsets  # offsets of each var-length column, at its first row
     bint* wide  # whether those offsets are int64
+    # How many columns have those offsets: a put's key column is also a payload
+    # column, its one array sized once and counted twice.
+    uint32_t* times
 
 
 cdef void _fill_sizes(const _Sizes* z) noexcept nogil:
     # Block by block, so that each block of `out` stays in cache across the columns.
     cdef Py_ssize_t i, c, lo, m
     cdef uint32_t* out
+    cdef uint32_t base
     for lo in range(0, z.n, 4096):
         m = min(z.n - lo, 4096)
         out = z.out + lo
-        for i in range(m):
-            out[i] = z.fixed
+        if z.n_var == 0 or z.fixed == 0:
+            for i in range(m):
+                out[i] = z.fixed
         for c in range(z.n_var):
+            # The first column's pass also sets the fixed bytes (when there are some:
+            # a base of 0 adds to what is there).
+            base = z.fixed if c == 0 else 0
             if z.wide[c]:
-                _add_var64(out, (<const int64_t*>z.offsets[c]) + lo, m)
+                _add_var(out, (<const int64_t*>z.offsets[c]) + lo, m, z.times[c], base)
             else:
-                _add_var32(out, (<const int32_t*>z.offsets[c]) + lo, m)
+                _add_var(out, (<const int32_t*>z.offsets[c]) + lo, m, z.times[c], base)
 
 
 def row_nbytes(batch, groups=None):
@@ -371,9 +396,12 @@ def row_nbytes(batch, groups=None):
     z.n_var = 0
     z.offsets = <const uint8_t**>malloc(max(n_cols, 1) * sizeof(uint8_t*))
     z.wide = <bint*>malloc(max(n_cols, 1) * sizeof(bint))
+    z.times = <uint32_t*>malloc(max(n_cols, 1) * sizeof(uint32_t))
     nested = []  # columns of no fixed width, sized per row by their average
+    cdef const uint8_t* at
+    cdef Py_ssize_t seen
     try:
-        if z.offsets == NULL or z.wide == NULL:
+        if z.offsets == NULL or z.wide == NULL or z.times == NULL:
             raise MemoryError()
         for column in columns:
             layout, width = _layout(column.type)
@@ -384,8 +412,15 @@ def row_nbytes(batch, groups=None):
                     z.fixed += 8 if z.wide[z.n_var] else 4
                     continue
                 # `batch` keeps the offsets alive.
-                z.offsets[z.n_var] = raw + (8 if z.wide[z.n_var] else 4) * <Py_ssize_t>column.offset
-                z.n_var += 1
+                at = raw + (8 if z.wide[z.n_var] else 4) * <Py_ssize_t>column.offset
+                for seen in range(z.n_var):
+                    if z.offsets[seen] == at and z.wide[seen] == z.wide[z.n_var]:
+                        z.times[seen] += 1  # the same offsets again
+                        break
+                else:
+                    z.offsets[z.n_var] = at
+                    z.times[z.n_var] = 1
+                    z.n_var += 1
                 continue
             if layout == LAYOUT_FIXED:
                 z.fixed += width
@@ -411,6 +446,7 @@ def row_nbytes(batch, groups=None):
     finally:
         free(z.offsets)
         free(z.wide)
+        free(z.times)
     for column in nested:
         start = 0
         for count in groups:
@@ -503,6 +539,10 @@ cdef const int64_t* _order_address(object order, Py_ssize_t n) except? NULL:
     if n == 0:
         return NULL
     return (<const int64_t*>buffer_address(order.buffers()[1])) + <Py_ssize_t>order.offset
+
+
+_INT32_ID = pa.int32().id
+_INT64_ID = pa.int64().id
 
 
 def scatter_sequences(order, starts, counts):
@@ -604,7 +644,8 @@ cdef struct _Job:
 cdef struct _Gather:
     _Job* jobs
     Py_ssize_t n_jobs
-    const int64_t* perm
+    const void* perm  # int32_t (perm32) or int64_t per row
+    bint perm32
     Py_ssize_t n
     Py_ssize_t split
 
@@ -627,7 +668,14 @@ ctypedef fused _offset_t:
     int64_t
 
 
-cdef void _gather_words(const _word_t* src, const int64_t* perm, Py_ssize_t n, _word_t* out) noexcept nogil:
+# A gather's permutation: int32 (what _partition.assign makes below 2**31 rows:
+# half the bytes to read per row) or int64.
+ctypedef fused _index_t:
+    int32_t
+    int64_t
+
+
+cdef void _gather_words(const _word_t* src, const _index_t* perm, Py_ssize_t n, _word_t* out) noexcept nogil:
     cdef Py_ssize_t i = 0
     # Four rows a step: one row a step spends half its instructions on the loop.
     while i + 4 <= n:
@@ -642,7 +690,7 @@ cdef void _gather_words(const _word_t* src, const int64_t* perm, Py_ssize_t n, _
 
 
 cdef void _gather_wide(
-    const uint8_t* src, size_t width, const int64_t* perm, Py_ssize_t n, uint8_t* out
+    const uint8_t* src, size_t width, const _index_t* perm, Py_ssize_t n, uint8_t* out
 ) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
@@ -650,7 +698,7 @@ cdef void _gather_wide(
 
 
 cdef void _gather_bits(
-    const uint8_t* src, int64_t src_offset, const int64_t* perm, Py_ssize_t n, uint8_t* out
+    const uint8_t* src, int64_t src_offset, const _index_t* perm, Py_ssize_t n, uint8_t* out
 ) noexcept nogil:
     cdef Py_ssize_t i, k, full = n >> 3, tail = n & 7
     cdef int64_t j
@@ -710,7 +758,7 @@ cdef int64_t _gather_var_forward(
     const _offset_t* offsets,
     const uint8_t* data,
     int64_t data_size,
-    const int64_t* perm,
+    const _index_t* perm,
     Py_ssize_t lo,
     Py_ssize_t hi,
     bint bounded,
@@ -780,7 +828,7 @@ cdef int64_t _gather_var_forward(
 cdef int64_t _gather_var_backward(
     const _offset_t* offsets,
     const uint8_t* data,
-    const int64_t* perm,
+    const _index_t* perm,
     Py_ssize_t lo,
     Py_ssize_t hi,
     _offset_t* out_offsets,
@@ -839,7 +887,7 @@ cdef int64_t _gather_var_backward(
 
 
 cdef void _run_job(
-    _Job* job, const int64_t* perm, Py_ssize_t lo, Py_ssize_t hi, bint forward, bint bounded
+    _Job* job, const _index_t* perm, Py_ssize_t lo, Py_ssize_t hi, bint forward, bint bounded
 ) noexcept nogil:
     cdef const uint8_t* src
     cdef Py_ssize_t n = hi - lo
@@ -891,9 +939,15 @@ cdef void _gather_task(void* ctx, Py_ssize_t task) noexcept nogil:
     cdef _Gather* g = <_Gather*>ctx
     cdef _Job* job = &g.jobs[task >> 1]
     if task & 1 == 0:
-        _run_job(job, g.perm, 0, g.split, True, g.split < g.n)
+        if g.perm32:
+            _run_job(job, <const int32_t*>g.perm, 0, g.split, True, g.split < g.n)
+        else:
+            _run_job(job, <const int64_t*>g.perm, 0, g.split, True, g.split < g.n)
     elif g.split < g.n:
-        _run_job(job, g.perm, g.split, g.n, False, False)
+        if g.perm32:
+            _run_job(job, <const int32_t*>g.perm, g.split, g.n, False, False)
+        else:
+            _run_job(job, <const int64_t*>g.perm, g.split, g.n, False, False)
 
 
 cdef Py_ssize_t _fixed_width(object dtype) except -1:
@@ -962,10 +1016,10 @@ def gather(arrays, order):
         ``Array.take``. From ``parallel_config``'s ``min_rows`` rows on, each
         column is gathered in two halves of its rows, which two threads take
         in turn; from 65536 rows on, with the GIL released.
-    order : pyarrow.Int64Array
-        A permutation of ``range(len(order))``, as ``_partition.partition``
-        makes. Its values are not bounds-checked (a value out of range reads
-        out of bounds); only its length is checked.
+    order : pyarrow.Int32Array or pyarrow.Int64Array
+        A permutation of ``range(len(order))``, as ``_partition.partition`` and
+        ``assign`` make. Its values are not bounds-checked (a value out of range
+        reads out of bounds); only its length is checked.
 
     Returns
     -------
@@ -979,10 +1033,17 @@ def gather(arrays, order):
         a var-length column are not exactly its input's bytes (``order`` is not a
         permutation; detected before anything is written out of bounds).
     TypeError
-        If ``order`` is not an int64 array without nulls.
+        If ``order`` is not an int32 or int64 array without nulls.
     """
     cdef Py_ssize_t n = len(order)
-    cdef const int64_t* perm = _order_address(order, n)
+    order_id = order.type.id if isinstance(order, pa.Array) else None
+    if (order_id != _INT32_ID and order_id != _INT64_ID) or order.null_count:
+        got = order.type if isinstance(order, pa.Array) else type(order).__name__
+        raise TypeError(f"order must be an int32 or int64 array without nulls, got {got}")
+    cdef bint perm32 = order_id == _INT32_ID
+    cdef const uint8_t* perm = NULL
+    if n:
+        perm = buffer_address(order.buffers()[1]) + (4 if perm32 else 8) * <Py_ssize_t>order.offset
     cdef Py_ssize_t n_cols = len(arrays), k
     out = list(arrays)
     native = []  # (index, array, output buffers) of the natively gathered columns
@@ -996,6 +1057,7 @@ def gather(arrays, order):
     g.jobs = jobs
     g.n_jobs = 0
     g.perm = perm
+    g.perm32 = perm32
     g.n = n
     g.split = (n // 2) & ~(<Py_ssize_t>7) if parallel_rows(n) else n
     try:

@@ -165,3 +165,30 @@ cdef inline uint64_t xxh64_u64(uint64_t value, uint64_t seed) noexcept nogil:
 # unsupported key type or a null key (row = row_base + 0-based row in keys), and
 # TypeError when keys is neither an Array nor a ChunkedArray.
 cdef int hash_array_into(object keys, uint64_t* out, uint64_t seed, int64_t row_base) except -1
+
+
+# A key column ready to hash row by row: key_view checks a pyarrow Array of keys
+# (type, nulls) as hash_array_into does, raising the same errors, decodes a
+# dictionary and casts a view type, and fills `view`; it returns the array whose
+# buffers `view` points into, which the caller keeps referenced while it hashes.
+# hash_keys writes the hashes of rows [lo, lo + n) of the view to out[0:n].
+cdef enum KeyKind:
+    KIND_OFFSETS32 = 1  # utf8, binary
+    KIND_OFFSETS64  # their large variants (and the view types, cast)
+    KIND_INT8
+    KIND_INT16
+    KIND_INT32
+    KIND_INT64
+    KIND_UINT8
+    KIND_UINT16
+    KIND_UINT32
+    KIND_UINT64
+
+cdef struct KeyView:
+    int kind  # a KeyKind
+    const uint8_t* values  # offsets or integers, at the first row
+    const uint8_t* data  # bytes of var-length keys (NULL for integer keys)
+    Py_ssize_t n
+
+cdef object key_view(object arr, KeyView* view, int64_t row_base)
+cdef void hash_keys(const KeyView* keys, Py_ssize_t lo, Py_ssize_t n, uint64_t seed, uint64_t* out) noexcept nogil

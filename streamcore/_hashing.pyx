@@ -28,18 +28,6 @@ from streamcore.errors import InvalidRecordsError
 cdef Py_ssize_t _NOGIL_MIN_BYTES = 1 << 16
 
 
-cdef enum _KeyKind:
-    KIND_OFFSETS32 = 1
-    KIND_OFFSETS64
-    KIND_INT8
-    KIND_INT16
-    KIND_INT32
-    KIND_INT64
-    KIND_UINT8
-    KIND_UINT16
-    KIND_UINT32
-    KIND_UINT64
-
 # View types are cast to the large (64-bit offset) layout, which always fits.
 _VIEW_CASTS = {
     pa.string_view(): pa.large_utf8(),
@@ -152,53 +140,37 @@ cdef void _hash_ints(const int_key_t* values, Py_ssize_t n, uint64_t seed, uint6
         out[i] = xxh64_u64(<uint64_t>values[i], seed)
 
 
-cdef struct _HashJob:
-    int kind
-    const uint8_t* values  # offsets or integers, at the first row
-    const uint8_t* data  # bytes of var-length keys
-    uint64_t seed
-    uint64_t* out
-    Py_ssize_t n
-    Py_ssize_t rows_per_task
-
-
-cdef void _hash_task(void* ctx, Py_ssize_t task) noexcept nogil:
-    cdef _HashJob* job = <_HashJob*>ctx
-    cdef Py_ssize_t lo = task * job.rows_per_task
-    cdef Py_ssize_t n = min(job.n - lo, job.rows_per_task)
-    cdef int kind = job.kind
-    cdef const uint8_t* values = job.values
-    cdef uint64_t* out = job.out + lo
+cdef void hash_keys(const KeyView* keys, Py_ssize_t lo, Py_ssize_t n, uint64_t seed, uint64_t* out) noexcept nogil:
+    cdef int kind = keys.kind
+    cdef const uint8_t* values = keys.values
     if kind == KIND_OFFSETS32:
-        _hash_offsets((<const int32_t*>values) + lo, job.data, n, job.seed, out)
+        _hash_offsets((<const int32_t*>values) + lo, keys.data, n, seed, out)
     elif kind == KIND_OFFSETS64:
-        _hash_offsets((<const int64_t*>values) + lo, job.data, n, job.seed, out)
+        _hash_offsets((<const int64_t*>values) + lo, keys.data, n, seed, out)
     elif kind == KIND_INT8:
-        _hash_ints((<const int8_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const int8_t*>values) + lo, n, seed, out)
     elif kind == KIND_INT16:
-        _hash_ints((<const int16_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const int16_t*>values) + lo, n, seed, out)
     elif kind == KIND_INT32:
-        _hash_ints((<const int32_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const int32_t*>values) + lo, n, seed, out)
     elif kind == KIND_INT64:
-        _hash_ints((<const int64_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const int64_t*>values) + lo, n, seed, out)
     elif kind == KIND_UINT8:
-        _hash_ints((<const uint8_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const uint8_t*>values) + lo, n, seed, out)
     elif kind == KIND_UINT16:
-        _hash_ints((<const uint16_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const uint16_t*>values) + lo, n, seed, out)
     elif kind == KIND_UINT32:
-        _hash_ints((<const uint32_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const uint32_t*>values) + lo, n, seed, out)
     else:
-        _hash_ints((<const uint64_t*>values) + lo, n, job.seed, out)
+        _hash_ints((<const uint64_t*>values) + lo, n, seed, out)
 
 
-cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base) except -1:
+cdef object key_view(object arr, KeyView* view, int64_t row_base):
     cdef int kind = _key_kind(arr.type)
     cdef Py_ssize_t n
     cdef Py_ssize_t offset
     cdef Py_ssize_t row
-    cdef Py_ssize_t n_tasks
     cdef const uint8_t* validity
-    cdef _HashJob job
 
     if arr.type.id == _DICTIONARY_ID:
         arr = arr.dictionary_decode()
@@ -207,8 +179,12 @@ cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base)
         arr = arr.cast(view_cast)
 
     n = len(arr)
+    view.kind = kind
+    view.n = n
+    view.values = NULL
+    view.data = NULL
     if n == 0:
-        return 0
+        return arr
     offset = arr.offset
     buffers = arr.buffers()
     if arr.null_count != 0:
@@ -217,21 +193,41 @@ cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base)
         msg = f"key is null at row {row_base + row}"
         raise InvalidRecordsError(msg, row=row_base + row)
 
-    # `buffers` and `arr` stay referenced until return, keeping the memory alive.
-    job.kind = kind
-    job.values = input_address(buffers[1])
+    # `arr` holds the buffers these point into.
+    view.values = input_address(buffers[1])
     if kind == KIND_OFFSETS32 or kind == KIND_OFFSETS64:
-        job.data = input_address(buffers[2])
-        job.values += (4 if kind == KIND_OFFSETS32 else 8) * offset
+        view.data = input_address(buffers[2])
+        view.values += (4 if kind == KIND_OFFSETS32 else 8) * offset
     else:
-        job.data = NULL
-        job.values += _int_width(kind) * offset
+        view.values += _int_width(kind) * offset
+    return arr
+
+
+cdef struct _HashJob:
+    KeyView keys
+    uint64_t seed
+    uint64_t* out
+    Py_ssize_t rows_per_task
+
+
+cdef void _hash_task(void* ctx, Py_ssize_t task) noexcept nogil:
+    cdef _HashJob* job = <_HashJob*>ctx
+    cdef Py_ssize_t lo = task * job.rows_per_task
+    cdef Py_ssize_t n = min(job.keys.n - lo, job.rows_per_task)
+    hash_keys(&job.keys, lo, n, job.seed, job.out + lo)
+
+
+cdef int _hash_chunk(object arr, uint64_t* out, uint64_t seed, int64_t row_base) except -1:
+    cdef Py_ssize_t n_tasks
+    cdef _HashJob job
+    arr = key_view(arr, &job.keys, row_base)  # kept referenced until return: the memory stays alive
+    if job.keys.n == 0:
+        return 0
     job.seed = seed
     job.out = out
-    job.n = n
-    n_tasks = tasks_for(n)
-    job.rows_per_task = (n + n_tasks - 1) // n_tasks
-    run_tasks_gil(_hash_task, &job, n_tasks, n)
+    n_tasks = tasks_for(job.keys.n)
+    job.rows_per_task = (job.keys.n + n_tasks - 1) // n_tasks
+    run_tasks_gil(_hash_task, &job, n_tasks, job.keys.n)
     return 0
 
 
@@ -297,6 +293,26 @@ _xxh64_of_bytes.__name__ = "xxh64"
 _xxh64_of_bytes.__qualname__ = "xxh64"
 globals()["xxh64"] = _xxh64_of_bytes
 del globals()["_xxh64_of_bytes"]
+
+
+def check_keys(keys):
+    """Raise as ``hash_array(keys)`` would for these keys, without hashing them.
+
+    For a caller that hashes the keys later (``_partition.assign_keys``) but
+    must reject them first.
+    """
+    cdef KeyView view
+    cdef int64_t position = 0
+    if isinstance(keys, pa.Array):
+        key_view(keys, &view, 0)
+        return
+    if not isinstance(keys, pa.ChunkedArray):
+        msg = f"keys must be a pyarrow.Array or pyarrow.ChunkedArray, got {type(keys).__name__}"
+        raise TypeError(msg)
+    _key_kind(keys.type)
+    for chunk in keys.chunks:
+        key_view(chunk, &view, position)
+        position += len(chunk)
 
 
 def hash_array(keys, seed=0):

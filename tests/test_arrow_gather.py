@@ -113,15 +113,16 @@ def threads(n: int, min_rows: int = 1) -> Iterator[None]:
 
 
 def check(arrays: list[pa.Array], order: list[int]) -> None:
-    indices = pa.array(order, pa.int64())
-    got = _arrow.gather(arrays, indices)
-    assert len(got) == len(arrays)
-    for arr, result in zip(arrays, got, strict=True):
-        expected = arr.take(indices)
-        result.validate(full=True)
-        assert result.type == arr.type
-        assert result.null_count == expected.null_count
-        assert result.equals(expected), (arr.type, result, expected)
+    for index_type in (pa.int64(), pa.int32()):  # partition's order, and assign's below 2**31 rows
+        indices = pa.array(order, index_type)
+        got = _arrow.gather(arrays, indices)
+        assert len(got) == len(arrays)
+        for arr, result in zip(arrays, got, strict=True):
+            expected = arr.take(indices)
+            result.validate(full=True)
+            assert result.type == arr.type
+            assert result.null_count == expected.null_count
+            assert result.equals(expected), (arr.type, result, expected)
 
 
 @settings(max_examples=300, deadline=None)
@@ -157,10 +158,11 @@ def test_gather_of_bits_across_bytes(bits: list[bool], data: st.DataObject) -> N
 def test_gather_of_long_values_and_a_sliced_order() -> None:
     values = ["x" * n for n in (0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 100, 1000)]
     arr = pa.array(values * 3, pa.large_utf8()).slice(2)
-    order = pa.array([99, *reversed(range(len(arr)))], pa.int64()).slice(1)
-    got = _arrow.gather([arr], order)[0]
-    got.validate(full=True)
-    assert got.equals(arr.take(order))
+    for index_type in (pa.int64(), pa.int32()):
+        order = pa.array([99, *reversed(range(len(arr)))], index_type).slice(1)
+        got = _arrow.gather([arr], order)[0]
+        got.validate(full=True)
+        assert got.equals(arr.take(order))
 
 
 def test_gather_of_nothing() -> None:
@@ -173,9 +175,11 @@ def test_gather_of_nothing() -> None:
 
 def test_gather_rejects_bad_orders() -> None:
     arr = pa.array(["", "", "abc"])
-    with pytest.raises(TypeError, match="int64"):
-        _arrow.gather([arr], pa.array([0, 1, 2], pa.int32()))
-    with pytest.raises(TypeError, match="int64"):
+    with pytest.raises(TypeError, match="int32 or int64"):
+        _arrow.gather([arr], pa.array([0, 1, 2], pa.uint32()))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        _arrow.gather([arr], [0, 1, 2])
+    with pytest.raises(TypeError, match="int32 or int64"):
         _arrow.gather([arr], pa.array([0, None, 2], pa.int64()))
     with pytest.raises(ValueError, match="has 3 rows, order has 2"):
         _arrow.gather([arr], pa.array([0, 1], pa.int64()))
@@ -227,7 +231,7 @@ def test_row_nbytes_by_groups_equals_row_nbytes_of_each_slice() -> None:
 # -- two threads ---------------------------------------------------------------------
 
 
-def gathered_both_ways(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.Array]:
+def gathered_both_ways(arrays: list[pa.Array], order: pa.Array) -> list[pa.Array]:
     """gather on one thread and split across two (from one row on); asserts they agree, bit for bit."""
     with threads(1):
         one = _arrow.gather(arrays, order)
@@ -247,7 +251,8 @@ def gathered_both_ways(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.
 def test_gather_on_two_threads_equals_one_thread_and_take(data: st.DataObject) -> None:
     chosen = data.draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=6))
     arrays = data.draw(sliced_columns(chosen))
-    order = pa.array(data.draw(st.permutations(list(range(len(arrays[0]))))), pa.int64())
+    index_type = data.draw(st.sampled_from([pa.int64(), pa.int32()]))
+    order = pa.array(data.draw(st.permutations(list(range(len(arrays[0]))))), index_type)
     for arr, got in zip(arrays, gathered_both_ways(arrays, order), strict=True):
         assert got.equals(arr.take(order))
 
@@ -365,3 +370,34 @@ def test_row_nbytes_of_a_batch_equals_row_nbytes_of_its_columns() -> None:
     with pytest.raises(ValueError, match="equal length"):
         _arrow.row_nbytes([pa.array([1, 2]), pa.array([1])])
     assert len(_arrow.row_nbytes([])) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    strings=st.lists(st.one_of(st.none(), st.text(max_size=20)), min_size=1, max_size=60),
+    repeats=st.lists(st.sampled_from(["s", "s", "s2", "large", "sliced", "f"]), max_size=6),
+    data=st.data(),
+)
+def test_row_nbytes_of_columns_equals_the_model(
+    strings: list[str | None], repeats: list[str], data: st.DataObject
+) -> None:
+    # The same array may come more than once (a put's key column is also a payload
+    # column): each occurrence counts.
+    n = len(strings)
+    start = data.draw(st.integers(0, n - 1))
+    base = pa.array(strings, pa.utf8())
+    arrays = {
+        "s": base.slice(start),
+        "s2": pa.array(strings[start:], pa.utf8()),  # equal values, other buffers
+        "large": base.cast(pa.large_utf8()).slice(start),
+        "sliced": base.slice(start),  # another Array over the same offsets
+        "f": pa.array(range(n - start), pa.float64()),
+    }
+    columns = [arrays[name] for name in repeats]
+    lengths = [len(s.encode()) if s is not None else 0 for s in strings[start:]]
+    width = {"s": 4, "s2": 4, "sliced": 4, "large": 8, "f": 8}
+    expected = [
+        sum(width[name] + (length if name != "f" else 0) for name in repeats) for length in lengths
+    ]
+    if columns:
+        assert _arrow.row_nbytes(columns).to_pylist() == expected

@@ -31,7 +31,7 @@ def scatter_groups(
 ) -> tuple[pa.Int64Array, pa.UInt64Array]:
     """Group id and seq of every input row, in input order, after grouping rows with ``order``."""
 
-def gather(arrays: list[pa.Array], order: pa.Int64Array) -> list[pa.Array]:
+def gather(arrays: list[pa.Array], order: pa.Int32Array | pa.Int64Array) -> list[pa.Array]:
     """``[a.take(order) for a in arrays]`` for a permutation ``order``, natively where the type allows.
 
     From ``parallel_config``'s ``min_rows`` rows on, each column's halves are gathered on two threads.

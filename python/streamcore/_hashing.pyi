@@ -7,3 +7,6 @@ def xxh64(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
 
 def hash_array(keys: pa.Array | pa.ChunkedArray, seed: int = 0) -> pa.UInt64Array:
     """XXH64 of every key (SEMANTICS 0.3), as a new ``uint64`` array."""
+
+def check_keys(keys: pa.Array | pa.ChunkedArray) -> None:
+    """Raise as ``hash_array(keys)`` would, without hashing."""

@@ -144,18 +144,18 @@ class MemoryStream:
             return RESULT_SCHEMA.empty_table()
         check_reserved(table, key if keys is None else None)
         keys_col = key_column(table, key, keys)
-        hashes = _hashing.hash_array(keys_col)  # raises on null or unsupported keys
+        _hashing.check_keys(keys_col)  # raises on null or unsupported keys (hashed in _append)
         keys_col = keys_col.chunk(0) if keys_col.num_chunks == 1 else keys_col.combine_chunks()
         if keys is None and key == "key":
             table = table.drop_columns(["key"])
         with self._lock:
             key_name = key if keys is None and key != "key" else None
-            result, touched, listeners = self._append(table, keys_col, hashes, key_name)
+            result, touched, listeners = self._append(table, keys_col, key_name)
         self._tell(listeners, touched)
         return result
 
     def _append(
-        self, table: pa.Table, keys: pa.Array, hashes: pa.Array, key_name: str | None = None
+        self, table: pa.Table, keys: pa.Array, key_name: str | None = None
     ) -> tuple[pa.Table, list[int], list[PutListener]]:
         table = self._conform(table, keys.type)
         arrival_ms = int(self.clock.now() * 1000)
@@ -166,10 +166,10 @@ class MemoryStream:
         firsts = [log.next_seq for log in open_logs]
         ids = [log.shard_id for log in open_logs]
         if len(open_logs) > 1:
-            # Shard and seq of every row, and the rows grouped by shard (in arrival
-            # order within each), in one native pass.
-            order, counts, shards, row_seqs = _partition.assign(
-                hashes, [log.range_start for log in open_logs], ids, firsts
+            # Key hashes, shard and seq of every row, the rows grouped by shard (in
+            # arrival order within each) and their seqs in that order, in one native pass.
+            order, counts, shards, row_seqs, seqs = _partition.assign_keys(
+                keys, [log.range_start for log in open_logs], ids, firsts
             )
             # Group rows by shard: every column in one native pass, the key column
             # only once when it is also a payload column.
@@ -177,7 +177,6 @@ class MemoryStream:
             gathered = _arrow.gather(columns if key_index >= 0 else [*columns, keys], order)
             columns = gathered[: len(columns)]
             keys = columns[key_index] if key_index >= 0 else gathered[-1]
-            seqs = _arrow.ranges(firsts, counts)
         else:  # one shard: input order is shard order
             counts = [n]
             seqs = row_seqs = _arrow.sequence(firsts[0], n)
