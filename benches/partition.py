@@ -1,9 +1,10 @@
 """Partitioning string keys: the native path of ``MemoryStream.put`` vs a Python loop over xxhash.
 
-Native: ``_hashing.hash_array`` (XXH64 of every key) then ``_partition.assign``
-(shard by hash range, stable counting sort, each row's shard and seq), exactly
-what ``MemoryStream.put`` runs; both split their rows across two threads (the
-default on two CPUs or more; the one-thread time is a figure). Baseline: a
+Native: ``_partition.assign_keys`` (XXH64 of every key hashed in the pass that
+shards and counts the rows, then a stable counting sort: each row's shard and
+seq, and the seqs in shard order), exactly what ``MemoryStream.put`` runs;
+both split their rows across two threads (the default on two CPUs or more;
+the one-thread time is a figure). Baseline: a
 Python loop that hashes each key with ``xxhash.xxh64_intdigest(s.encode())``,
 picks its shard from the same hash ranges and appends the row index to that
 shard's list. Both produce the same grouping: rows per shard and the row
@@ -23,7 +24,7 @@ import pyarrow as pa
 import xxhash
 
 import streamcore as sc
-from streamcore import _arrow, _hashing, _partition
+from streamcore import _arrow, _partition
 from streamcore.benches.common import SHARDS, best_seconds, result, target, user_keys
 from streamcore.demo import make_events
 
@@ -78,7 +79,7 @@ def run(quick: bool) -> dict[str, Any]:
     firsts = [0] * SHARDS
 
     def native() -> tuple[Any, list[int]]:
-        order, counts, _, _ = _partition.assign(_hashing.hash_array(keys), starts, ids, firsts)
+        order, counts, *_ = _partition.assign_keys(keys, starts, ids, firsts)
         return order, counts
 
     def baseline() -> object:
