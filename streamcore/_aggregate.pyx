@@ -97,8 +97,6 @@ from libc.stdint cimport (
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-import threading
-
 import pyarrow as pa
 
 from streamcore._arrow cimport input_address
@@ -127,7 +125,10 @@ from streamcore._threads cimport (
 
 from streamcore.errors import InvalidRecordsError
 
-_new_lock = threading.Lock
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_trylock(pthread_mutex_t* mutex)
+    int pthread_mutex_destroy(pthread_mutex_t* mutex)
 
 cdef extern from *:
     """
@@ -2053,7 +2054,8 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
             raise MemoryError()
         for i in range(n_cols):
             p_codes[i], p_ats[i] = codes[i]
-        with t._lock:
+        _t_lock(t)
+        try:
             t._sync()
             for i in range(n_cols):
                 if p_codes[i] == OUT_KEY and t.keys[p_ats[i]].kind == K_BIN32:
@@ -2070,6 +2072,8 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
                     rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
             else:
                 rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
+        finally:
+            _t_unlock(t)
         if rc:
             raise MemoryError()
     finally:
@@ -2080,6 +2084,36 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
 
 
 # --- the table -----------------------------------------------------------------------
+
+cdef int _t_lock(GroupTable t) except -1:
+    # Take t's lock with the GIL held: at once when it is free, else waiting without
+    # the GIL (its holder may need the GIL to let go). A pthread mutex in the table:
+    # a threading.Lock cost a Python object per copy and ~1k instructions per call.
+    if t.keys == NULL:
+        raise TypeError("GroupTable.__init__ was not called")
+    if pthread_mutex_trylock(&t._mutex) != 0:
+        with nogil:
+            pthread_mutex_lock(&t._mutex)
+    return 0
+
+
+cdef inline void _t_unlock(GroupTable t) noexcept nogil:
+    pthread_mutex_unlock(&t._mutex)
+
+
+cdef int _alloc_columns(GroupTable t) except -1:
+    # t.keys and t.vals, zeroed, in one allocation, and t's lock: what every
+    # initialised table has (keys not NULL).
+    cdef size_t key_bytes = <size_t>t.n_keys * sizeof(KeyCol)
+    cdef size_t size = key_bytes + <size_t>t.n_vals * sizeof(ValCol)
+    cdef void* p = calloc(1, size if size else 1)
+    if p == NULL:
+        raise MemoryError()
+    pthread_mutex_init(&t._mutex, NULL)
+    t.keys = <KeyCol*>p
+    t.vals = <ValCol*>(<char*>p + key_bytes)
+    return 0
+
 
 @cython.final
 @cython.no_gc_clear  # a queued fold reads _bg_batch's buffers until __dealloc__ has waited
@@ -2109,13 +2143,12 @@ cdef class GroupTable:
         cdef Py_ssize_t j
         cdef int kind
         cdef int want
-        if self._lock is not None:
+        if self.keys != NULL:
             raise TypeError("GroupTable.__init__ must not be called twice")
         if not key_names or len(key_names) != len(key_types):
             raise ValueError("key_names and key_types must be non-empty and of equal length")
         if len(value_names) != len(value_types) or len(value_names) != len(value_flags):
             raise ValueError("value_names, value_types and value_flags must have equal length")
-        self._lock = _new_lock()
         self._key_names = list(key_names)
         self._key_types = list(key_types)
         self._value_names = list(value_names)
@@ -2123,10 +2156,7 @@ cdef class GroupTable:
         self._value_flags = list(value_flags)
         self.n_keys = len(key_names)
         self.n_vals = len(value_names)
-        self.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
-        self.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
-        if self.keys == NULL or self.vals == NULL:
-            raise MemoryError()
+        _alloc_columns(self)
         for k in range(self.n_keys):
             kind = _key_kind(key_types[k])
             if kind == 0:
@@ -2149,19 +2179,24 @@ cdef class GroupTable:
                 | (HAS_MIN if want & WANT_MIN else 0)
                 | (HAS_MAX if want & WANT_MAX else 0)
             )
+        self.per_group = self._nbytes_for(1, 0)
 
     def __dealloc__(self):
         if load_int(&self.bg_state) == _BG_QUEUED or load_int(&self.bg_state) == _BG_RUNNING:
             with nogil:
                 _bg_finish(self, False)  # a queued fold is dropped: nobody will see it
         self._free_groups()
-        free(self.keys)
-        free(self.vals)
+        if self.keys != NULL:
+            pthread_mutex_destroy(&self._mutex)
+        free(self.keys)  # (vals are in the same allocation)
 
     def __len__(self):
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             return self.n_groups
+        finally:
+            _t_unlock(self)
 
     cdef int _sync(self) except -1:
         # Before any use of the table (under its lock, so that no fold is posted
@@ -2199,9 +2234,12 @@ cdef class GroupTable:
 
     def clear(self):
         """Forget every group and release the memory."""
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             self._free_groups()
+        finally:
+            _t_unlock(self)
 
     def copy(self):
         """An independent table with the same spec and groups.
@@ -2222,16 +2260,16 @@ cdef class GroupTable:
         twin._value_types = self._value_types
         twin._value_flags = self._value_flags
         twin._out = self._out
-        twin._lock = _new_lock()
         twin.n_keys = self.n_keys
         twin.n_vals = self.n_vals
-        twin.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
-        twin.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
-        if twin.keys == NULL or twin.vals == NULL:
-            raise MemoryError()
-        with self._lock:
+        twin.per_group = self.per_group
+        _alloc_columns(twin)
+        _t_lock(self)
+        try:
             self._sync()
             twin._copy(self)
+        finally:
+            _t_unlock(self)
         return twin
 
     cdef int _copy(self, GroupTable src) noexcept nogil:
@@ -2265,11 +2303,14 @@ cdef class GroupTable:
         cdef int state = load_int(&self.bg_state)
         if bound and (state == _BG_QUEUED or state == _BG_RUNNING):
             return self.bg_bound
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 arena += self.keys[k].arena_len
-            return self._nbytes_for(self.n_groups, arena)
+            return self.n_groups * self.per_group + arena
+        finally:
+            _t_unlock(self)
 
     cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil:
         # nbytes() of `groups` groups whose keys take `arena_bytes` (all key columns).
@@ -2629,7 +2670,8 @@ cdef class GroupTable:
         for arr in value_arrays:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 arr, name, dtype = key_arrays[k], self._key_names[k], self._key_types[k]
@@ -2638,6 +2680,8 @@ cdef class GroupTable:
                 arr, name, dtype = value_arrays[j], self._value_names[j], self._value_types[j]
                 self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             _run_fold(self, n, False)
+        finally:
+            _t_unlock(self)
 
     def update_batch(self, batch, list key_idx, list value_idx, bint background=False,
                      BatchBinding source=None, int64_t offset=0):
@@ -2668,7 +2712,8 @@ cdef class GroupTable:
             msg = f"rows {offset}..{offset + n} are not within the source's {source.n_rows}"
             raise ValueError(msg)
         column = batch.column
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             # `batch` holds every buffer bound here until the fold is done.
             for k in range(self.n_keys):
@@ -2695,6 +2740,8 @@ cdef class GroupTable:
                         self._bg_batch = batch
                         return
             _run_fold(self, n, False)
+        finally:
+            _t_unlock(self)
 
     def input_types(self):
         """The key column types, then the value column types."""
@@ -2749,7 +2796,8 @@ cdef class GroupTable:
         for arr in columns:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 _bind_state(self, columns, fields, k, self.keys[k].kind, &self.keys[k].inp)
@@ -2775,6 +2823,8 @@ cdef class GroupTable:
                     _bind_state(self, columns, fields, at, c.kind, &c.inp[4])
                     at += 1
             _run_fold(self, n, True)
+        finally:
+            _t_unlock(self)
 
     cdef object _export(self, list codes, object schema):
         # A RecordBatch of the groups: column i is codes[i] = (OUT_*, column index),
