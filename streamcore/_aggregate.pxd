@@ -87,6 +87,7 @@ cdef class GroupTable:
     cdef int64_t bg_bound           # an upper bound of nbytes() once it is done
     cdef object _bg_batch           # the batch it reads, kept alive until _sync
     cdef Slot* bg_slots             # a larger slot table _reserve allocated, for the fold to fill
+    cdef bint bg_copies             # _reserve left copies to the fold (see _pending)
     cdef uint64_t bg_mask
 
     cdef void _free_groups(self) noexcept nogil

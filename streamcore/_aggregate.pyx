@@ -495,7 +495,9 @@ cdef struct _Head:
     uintptr_t writer        # the table that may append to it in place, 0 for none
     int64_t len             # once writer is 0: how much the last writer had (bytes; groups
                             # for a slot table): no holder has more
-    int64_t pad             # (keeps the data 16-byte aligned)
+    void* src               # a block whose first bytes a background fold copies here
+                            # before it reads this one (see _pending); else NULL. (Also
+                            # keeps the data 16-byte aligned.)
 
 
 cdef enum:
@@ -503,6 +505,8 @@ cdef enum:
     _DROP = 1
     _SHARE
     _OWN
+    _SETTLE     # copy in what a block's src holds, and drop src (see _pending)
+    _ABANDON    # drop src without copying (the fold that would have is dropped)
 
 
 cdef inline _Head* _head(const void* p) noexcept nogil:
@@ -524,6 +528,7 @@ cdef void* _b_alloc(size_t size, uintptr_t owner, bint zero) noexcept nogil:
     h.refs = 1
     h.writer = owner
     h.len = 0
+    h.src = NULL
     return <void*>(h + 1)
 
 
@@ -620,9 +625,18 @@ cdef void* _visit(void* p, size_t used, size_t size, bint append_only, int op, u
     #   _OWN: make it writable by `me`: an append-only block needs `me` as writer
     #     (_b_claim), an accumulator needs `me` as its only holder; otherwise `me`
     #     gets a copy of the `used` bytes in a block of `size`.
+    #   _SETTLE, _ABANDON: see the enum.
     # A failed copy sets rc to -1 and leaves the block as it was.
     cdef void* q
     if p == NULL or rc[0]:
+        return p
+    if op == _SETTLE or op == _ABANDON:
+        q = _head(p).src
+        if q != NULL:
+            if op == _SETTLE and used:
+                memcpy(p, q, used)
+            _head(p).src = NULL
+            _b_drop(q, me, <int64_t>used)
         return p
     if op == _DROP:
         _b_drop(p, me, <int64_t>used)
@@ -686,6 +700,109 @@ cdef int _for_arrays(GroupTable t, int op, uintptr_t twin) noexcept nogil:
             c.mn = <uint64_t*>_visit(c.mn, used, cap, False, op, me, twin, &rc)
             c.mx = <uint64_t*>_visit(c.mx, used, cap, False, op, me, twin, &rc)
     return rc
+
+
+cdef void* _pending(void* p, size_t used, size_t size, bint append_only, bint grow, uintptr_t me,
+                    int* rc, bint* left) noexcept nogil:
+    # For a fold on the background thread (see _reserve): p made writable by `me`
+    # with room for `size` bytes (`grow`: more than p has), with no data copied on
+    # the calling thread. p itself when `me` may write it in place (as _OWN) and it
+    # need not grow; else a new block of `size` bytes whose src is p: the fold
+    # copies p's first `used` bytes in (_settle) before it reads them, and only then
+    # drops p, so that what it copies stays as it was. rc: as _visit; `left` set
+    # when a copy is left to the fold.
+    cdef void* q
+    if rc[0]:
+        return p
+    if p != NULL and not grow:
+        if append_only:
+            if _b_claim(p, me, <int64_t>used, False):
+                return p
+        elif _b_alone(p):
+            return p
+    q = _b_alloc(size, me, False)
+    if q == NULL:
+        rc[0] = -1
+        return p
+    if p != NULL:
+        if used:
+            _head(q).src = p
+            left[0] = True
+        else:
+            _b_drop(p, me, 0)
+    return q
+
+
+cdef void _settle(GroupTable t, bint copy) noexcept nogil:
+    # The copies _pending left to the fold: made (`copy`), or dropped with the fold.
+    if t.bg_copies:
+        _for_arrays(t, _SETTLE if copy else _ABANDON, 0)
+        t.bg_copies = False
+
+
+cdef int _reserve_blocks(GroupTable t, int64_t cap, int64_t n, int64_t* arena_bytes) noexcept nogil:
+    # _reserve's per-group arrays (room for `cap` groups) and key arenas (room for
+    # the n rows bound: *arena_bytes, all columns), through _pending (which also
+    # allocates the arrays a new table has not yet). 0, or -1 when
+    # out of memory (then the capacities are unchanged; blocks replaced hold more
+    # room, and the copies left are left: see _settle).
+    cdef uintptr_t me = _token(t)
+    cdef size_t used = <size_t>t.n_groups * 8
+    cdef size_t size = <size_t>cap * 8
+    cdef bint grow = cap > t.group_cap
+    cdef int rc = 0
+    cdef Py_ssize_t k
+    cdef Py_ssize_t j
+    cdef KeyCol* kc
+    cdef ValCol* c
+    cdef int64_t span
+    cdef int64_t arena_cap
+    cdef bint left = False
+    arena_bytes[0] = 0
+    t.counts = <int64_t*>_pending(t.counts, used, size, False, grow, me, &rc, &left)
+    t.group_hash = <uint64_t*>_pending(t.group_hash, used, size, True, grow,
+                                       me, &rc, &left)
+    for k in range(t.n_keys):
+        kc = &t.keys[k]
+        if kc.nulls != NULL:
+            kc.nulls = <uint8_t*>_pending(kc.nulls, used // 8, size // 8, True, grow, me, &rc, &left)
+        if _is_bin(kc.kind):
+            kc.offs = <int64_t*>_pending(kc.offs, used, size, True, grow, me, &rc, &left)
+            # The rows' bytes, nulls' included: at most what their keys add.
+            if kc.kind == K_BIN32:
+                span = (<const int32_t*>kc.inp.values)[n] - (<const int32_t*>kc.inp.values)[0]
+            else:
+                span = (<const int64_t*>kc.inp.values)[n] - (<const int64_t*>kc.inp.values)[0]
+            arena_bytes[0] += kc.arena_len + span
+            arena_cap = kc.arena_cap
+            if kc.arena_len + span > arena_cap:
+                arena_cap = arena_cap * 2 if arena_cap else 4096
+                while arena_cap < kc.arena_len + span:
+                    arena_cap *= 2
+            kc.arena = <uint8_t*>_pending(kc.arena, <size_t>kc.arena_len, <size_t>arena_cap, True,
+                                          arena_cap > kc.arena_cap, me, &rc, &left)
+            if rc == 0:
+                kc.arena_cap = arena_cap
+        else:
+            kc.ints = <uint64_t*>_pending(kc.ints, used, size, True, grow, me, &rc, &left)
+    for j in range(t.n_vals):
+        c = &t.vals[j]
+        if c.nulls != NULL:
+            c.nulls = <int64_t*>_pending(c.nulls, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_SUM:
+            c.sum = <uint64_t*>_pending(c.sum, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MSUM:
+            c.msum = <double*>_pending(c.msum, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MIN:
+            c.mn = <uint64_t*>_pending(c.mn, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MAX:
+            c.mx = <uint64_t*>_pending(c.mx, used, size, False, grow, me, &rc, &left)
+    if left:
+        t.bg_copies = True
+    if rc:
+        return -1
+    t.group_cap = cap
+    return 0
 
 
 cdef int _own(GroupTable t) noexcept nogil:
@@ -2219,6 +2336,7 @@ cdef class GroupTable:
         # Let go of every block (shared ones live on in the tables that hold them).
         cdef Py_ssize_t k
         cdef KeyCol* kc
+        _settle(self, False)  # a fold dropped with its table
         _for_arrays(self, _DROP, 0)
         _b_drop(self.bg_slots, _token(self), 0)
         self.bg_slots = NULL
@@ -2511,54 +2629,55 @@ cdef class GroupTable:
     cdef int _reserve(self, int64_t n) noexcept nogil:
         # Every allocation a fold of the n rows bound could make, made now (see
         # "background folds"): 0, -1 when out of memory, -2 when n more groups
-        # could be too many (the fold itself says whether they are).
+        # could be too many (the fold itself says whether they are). Blocks the
+        # table may not write in place, or that must grow, are replaced by new
+        # ones that the fold fills (_pending): the copies run on the thread that
+        # folds, beside the caller, and read memory where the fold then works.
         cdef int64_t need = self.n_groups + n
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef KeyCol* kc
         cdef ValCol* c
-        cdef int64_t span
         cdef int64_t arena = 0
         cdef uint64_t capacity
+        cdef bint grow
         if need > _MAX_GROUPS:
             return -2
-        if _own(self):
-            return -1
-        if self.group_cap < need and self._grow_groups(_at_least(need, _MIN_GROUPS)):
+        if _reserve_blocks(self, self.group_cap if self.group_cap >= need
+                           else _at_least(need, _MIN_GROUPS), n, &arena):
+            _settle(self, True)  # the table as it was, in blocks of its own
             return -1
         if self.bg_slots != NULL and <uint64_t>need * 2 > self.bg_mask + 1:
             # Made by a reservation that failed later, for fewer rows.
             _b_drop(self.bg_slots, _token(self), 0)
             self.bg_slots = NULL
-        if self.bg_slots == NULL and (self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1):
-            # Only the memory: the fold zeroes it and moves the groups in (_fold_owned).
-            capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS)
+        grow = self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1
+        if (self.bg_slots == NULL
+                and (grow or not _b_claim(self.slots, _token(self), self.n_groups, True))):
+            # Only the memory: the fold zeroes it and moves the groups in (_fold_owned),
+            # also when the table may not claim its slots (another may have added some).
+            capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS) if grow else self.slot_mask + 1
             self.bg_slots = <Slot*>_b_alloc(capacity * sizeof(Slot), _token(self), False)
             if self.bg_slots == NULL:
+                _settle(self, True)
                 return -1
             self.bg_mask = capacity - 1
         for k in range(self.n_keys):
             kc = &self.keys[k]
             if kc.inp.valid != NULL and kc.nulls == NULL and _first_null_key(self, kc):
+                _settle(self, True)
                 return -1
-            if _is_bin(kc.kind):
-                # The rows' bytes, nulls' included: at most what their keys add.
-                if kc.kind == K_BIN32:
-                    span = (<const int32_t*>kc.inp.values)[n] - (<const int32_t*>kc.inp.values)[0]
-                else:
-                    span = (<const int64_t*>kc.inp.values)[n] - (<const int64_t*>kc.inp.values)[0]
-                if kc.arena_len + span > kc.arena_cap and _grow_arena(self, kc, kc.arena_len + span):
-                    return -1
-                arena += kc.arena_len + span
         for j in range(self.n_vals):
             c = &self.vals[j]
             if c.inp[0].valid != NULL and c.nulls == NULL and _first_null_value(self, c):
+                _settle(self, True)
                 return -1
         self.bg_bound = self._nbytes_for(need, arena)
         return 0
 
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil:
         # Fold n rows of the bound inputs: values (update) or a partial state (merge).
+        _settle(self, True)  # a reservation whose fold was not posted
         if _own(self):
             return -1
         return self._fold_owned(n, merge)
@@ -2576,6 +2695,7 @@ cdef class GroupTable:
         cdef bint single = self.n_keys == 1
         cdef bint fused
         cdef int64_t groups
+        _settle(self, True)
         if self.bg_slots != NULL:
             # The larger slot table _reserve made room for.
             memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
