@@ -579,6 +579,13 @@ cdef void _b_drop(void* p, uintptr_t owner, int64_t used) noexcept nogil:
         free(h)
 
 
+cdef void _b_unref(void* p) noexcept nogil:
+    # An exported array lets go of p: a holder that never writes (unlike _b_drop, it
+    # leaves the writer and its length alone).
+    if sc_refs_add(&_head(p).refs, -1) == 0:
+        free(_head(p))
+
+
 cdef void* _b_resize(void* p, size_t used, size_t size, uintptr_t owner) noexcept nogil:
     # p's first `used` bytes in a block of `size` bytes that `owner` writes: p itself,
     # reallocated, when owner is its only holder; else a new block, and p is dropped
@@ -1956,9 +1963,11 @@ def background_stats():
 # --- output: Arrow arrays through the C Data Interface --------------------------------
 
 cdef struct _Owned:
-    # private_data of an exported array: what its buffers point to (allocated here),
-    # and for the batch (a struct array) the storage of its children.
+    # private_data of an exported array: what its buffers point to (allocated here,
+    # or a block of the table: see _share), and for the batch (a struct array) the
+    # storage of its children.
     const void* buffers[3]
+    void* blocks[3]         # the table's block buffers[i] holds a reference to, or NULL
     CArrowArray* children
     CArrowArray** child_ptrs
 
@@ -1971,7 +1980,10 @@ cdef void _release(CArrowArray* a) noexcept nogil:
             if a.children[i].release != NULL:
                 a.children[i].release(a.children[i])
         for i in range(3):
-            free(<void*>own.buffers[i])
+            if own.blocks[i] != NULL:
+                _b_unref(own.blocks[i])
+            else:
+                free(<void*>own.buffers[i])
         free(own.children)
         free(own.child_ptrs)
         free(own)
@@ -1995,6 +2007,19 @@ cdef _Owned* _start(CArrowArray* a, int64_t length, int64_t n_buffers) noexcept 
     a.release = _release
     a.private_data = own
     return own
+
+
+cdef inline bint _share(_Owned* own, int i, void* p) noexcept nogil:
+    # buffers[i] = the table's block p itself (when there is one), held until the
+    # array is released. The exported bytes never change: accumulators are changed
+    # in place only by their only holder (so the table copies them first, as for a
+    # copy of the table), append-only blocks only beyond what any holder uses.
+    if p == NULL:
+        return False
+    sc_refs_add(&_head(p).refs, 1)
+    own.blocks[i] = p
+    own.buffers[i] = p
+    return True
 
 
 cdef uint8_t* _buffer(_Owned* own, int i, size_t size) noexcept nogil:
@@ -2076,6 +2101,8 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
     if _key_validity(own, kc.nulls, n, &a.null_count):
         return -1
     if not _is_bin(kc.kind):
+        if _width(kc.kind) == 8 and _share(own, 1, kc.ints):
+            return 0
         data = _buffer(own, 1, <size_t>(_width(kc.kind) * n))
         if data == NULL:
             return -1
@@ -2083,9 +2110,14 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         return 0
     a.n_buffers = 3
     offsets = _buffer(own, 1, <size_t>((8 if kc.kind == K_BIN64 else 4) * (n + 1)))
-    data = _buffer(own, 2, <size_t>kc.arena_len)
-    if offsets == NULL or data == NULL:
+    if offsets == NULL:
         return -1
+    if _share(own, 2, kc.arena):
+        data = NULL
+    else:
+        data = _buffer(own, 2, <size_t>kc.arena_len)
+        if data == NULL:
+            return -1
     if kc.kind == K_BIN64:
         memcpy(offsets, kc.offs, <size_t>(8 * n))
         (<int64_t*>offsets)[n] = kc.arena_len
@@ -2093,7 +2125,7 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         for i in range(n):
             (<int32_t*>offsets)[i] = <int32_t>kc.offs[i]
         (<int32_t*>offsets)[n] = <int32_t>kc.arena_len
-    if kc.arena_len:
+    if data != NULL and kc.arena_len:
         memcpy(data, kc.arena, <size_t>kc.arena_len)
     return 0
 
@@ -2110,19 +2142,28 @@ cdef int _fill(GroupTable t, CArrowArray* a, int code, Py_ssize_t at) noexcept n
         return -1
     if code == OUT_KEY:
         return _fill_key(&t.keys[at], own, a, n)
+    # Columns that are a per-group array of the table as it is: shared, not copied.
+    if code == OUT_COUNT and _share(own, 1, t.counts):
+        return 0
+    c = &t.vals[at] if code != OUT_COUNT else NULL
+    if code != OUT_COUNT and code != OUT_NONNULL:
+        if _value_validity(own, t.counts, c.nulls, n, &a.null_count):
+            return -1
+        if ((code == OUT_SUM and _share(own, 1, c.sum))
+                or (code == OUT_MSUM and _share(own, 1, c.msum))
+                or (code == OUT_MIN and _width(c.kind) == 8 and _share(own, 1, c.mn))
+                or (code == OUT_MAX and _width(c.kind) == 8 and _share(own, 1, c.mx))):
+            return 0
     out = _buffer(own, 1, <size_t>(8 * n))
     if out == NULL:
         return -1
     if code == OUT_COUNT:
         memcpy(out, t.counts, <size_t>(8 * n))
         return 0
-    c = &t.vals[at]
     if code == OUT_NONNULL:
         for i in range(n):
             (<int64_t*>out)[i] = t.counts[i] - _nulls_at(c.nulls, i)
         return 0
-    if _value_validity(own, t.counts, c.nulls, n, &a.null_count):
-        return -1
     if code == OUT_SUM:
         memcpy(out, c.sum, <size_t>(8 * n))
     elif code == OUT_MSUM:
@@ -2993,21 +3034,44 @@ cdef class GroupTable:
 # Result layouts by (types, flags, names, layout): a window makes a new table per
 # window, whose first result would otherwise build the same schema again.
 cdef dict _LAYOUTS = {}
+# The last layout found or built, and the spec lists of the table it was for: a new
+# table of the same aggregator holds the same type objects, which are compared by
+# identity here (hashing DataTypes for _LAYOUTS costs microseconds).
+cdef tuple _last_layout = None
+
+
+cdef bint _same_items(list a, list b):
+    cdef Py_ssize_t i
+    if len(a) != len(b):
+        return False
+    for i in range(len(a)):
+        if a[i] is not b[i]:
+            return False
+    return True
 
 
 cdef tuple _result_layout(GroupTable t, list names, list layout):
     # t._out for this result layout: (names, layout, codes, schema), built and cached
     # when the layout is not the last one asked for.
+    global _last_layout
     cdef Py_ssize_t k
     cdef int code
     out = t._out
     if out is not None and names == out[0] and layout == out[1]:
         return out
+    last = _last_layout
+    if last is not None:
+        out = last[3]
+        if (names == out[0] and layout == out[1] and _same_items(t._key_types, last[0])
+                and _same_items(t._value_types, last[1]) and t._value_flags == last[2]):
+            t._out = out
+            return out
     key = (tuple(t._key_types), tuple(t._value_types), tuple(t._value_flags), tuple(names),
            tuple([tuple(e) for e in layout]))
     out = _LAYOUTS.get(key)
     if out is not None:
         t._out = out
+        _last_layout = (t._key_types, t._value_types, t._value_flags, out)
         return out
     if len(names) != t.n_keys + len(layout):
         raise ValueError("one name per key column and per layout entry is expected")
@@ -3030,6 +3094,7 @@ cdef tuple _result_layout(GroupTable t, list names, list layout):
     if len(_LAYOUTS) >= 64:
         _LAYOUTS.clear()
     _LAYOUTS[key] = out
+    _last_layout = (t._key_types, t._value_types, t._value_flags, out)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
 import math
 import pickle
@@ -1048,3 +1049,44 @@ def test_window_start_chunked_and_errors() -> None:
         window_start(pa.array([1], pa.timestamp("s")), "60")
     with pytest.raises(OverflowError):
         window_start(pa.array([-(2**63)], pa.int64()), 3)
+
+
+@pytest.mark.parametrize("key_type", [pa.utf8(), pa.large_utf8(), pa.int64(), pa.int32()])
+def test_results_share_the_groups_memory_and_stay_as_they_were(key_type: pa.DataType) -> None:
+    # A result holds the aggregator's arrays where their layout is the column's
+    # (counts, 8-byte sums, minima, maxima, keys): whatever the aggregator does
+    # next (updates that change those groups, copies, clear, being freed) must not
+    # change a result already returned.
+    def keys(ids: Sequence[int]) -> pa.Array:
+        text = pa.types.is_string(key_type) or pa.types.is_large_string(key_type)
+        return pa.array([f"key-{i}" if text else i for i in ids], key_type)
+
+    def records(ids: Sequence[int], start: int) -> pa.Table:
+        return pa.table(
+            {
+                "k": keys(ids),
+                "v": pa.array([float(start + j) for j in range(len(ids))]),
+                "n": pa.array([start + j for j in range(len(ids))], pa.int64()),
+            }
+        )
+
+    agg = Aggregator(by="k", sum=["v", "n"], min=["v", "n"], max="n", mean="n")
+    agg.update(records(range(20), 0))
+    first = agg.result()
+    expected = first.to_pylist()
+    twin = agg.copy()
+    twin.update(records(range(10, 40), 100))  # shares the blocks, then changes them
+    agg.update(records(range(0, 50, 2), 1000))  # changes groups the result has
+    second = agg.result()
+    expected_second = second.to_pylist()
+    assert first.to_pylist() == expected
+    agg.clear()
+    agg.update(records(range(5), 7))
+    assert first.to_pylist() == expected and second.to_pylist() == expected_second
+    del agg, twin
+    gc.collect()
+    first.validate(full=True)
+    second.validate(full=True)
+    assert first.to_pylist() == expected and second.to_pylist() == expected_second
+    assert [r["k"] for r in expected] == keys(range(20)).to_pylist()
+    assert [r["n_sum"] for r in expected_second][:3] == [1000, 1, 1003]
