@@ -313,6 +313,10 @@ _SUPPORTED_KEYS = (
     "or duration (dictionaries are decoded, string/binary views cast to large)"
 )
 _SUPPORTED_VALUES = "an integer, float32 or float64"
+# Looked up once: a module attribute lookup per call costs what the rest of a small
+# call's checks do.
+cdef object _RecordBatch = pa.RecordBatch
+cdef object _import_batch = pa.RecordBatch._import_from_c
 _OPS = {"count": OUT_COUNT, "sum": OUT_SUM, "min": OUT_MIN, "max": OUT_MAX, "mean": OUT_MEAN}
 
 ctypedef fused int_t:
@@ -2863,7 +2867,7 @@ cdef class GroupTable:
         cdef int rc
         cdef int kind
         cdef Input* inp
-        if not isinstance(batch, pa.RecordBatch):
+        if not isinstance(batch, _RecordBatch):
             msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
             raise TypeError(msg)
         if len(key_idx) != self.n_keys or len(value_idx) != self.n_vals:
@@ -2872,7 +2876,7 @@ cdef class GroupTable:
         if source is not None and (offset < 0 or offset > source.n_rows - n):  # no overflow
             msg = f"rows {offset}..{offset + n} are not within the source's {source.n_rows}"
             raise ValueError(msg)
-        column = batch.column
+        column = batch.column if source is None else None
         _t_lock(self)
         try:
             self._sync()
@@ -3008,7 +3012,7 @@ cdef class GroupTable:
             batch.n_children = n_cols
             _fill_columns(self, own.children, codes, &batch.length)
             # The import takes the struct over (and releases it if it fails).
-            return pa.RecordBatch._import_from_c(<uintptr_t>&batch, schema)
+            return _import_batch(<uintptr_t>&batch, schema)
         finally:
             if batch.release != NULL:
                 batch.release(&batch)
