@@ -2062,8 +2062,12 @@ cdef int _value_validity(
     cdef int64_t i
     cdef int64_t count = 0
     cdef uint8_t* bits
-    for i in range(n):
-        count += counts[i] == _nulls_at(nulls, i)
+    if nulls == NULL:
+        for i in range(n):  # (vectorised: the usual column has no nulls)
+            count += counts[i] == 0
+    else:
+        for i in range(n):
+            count += counts[i] == nulls[i]
     null_count[0] = count
     if count == 0:
         return 0
@@ -2247,6 +2251,36 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
 
 # --- the table -----------------------------------------------------------------------
 
+# The spec of the last table __init__ checked: its lists (never mutated, so tables
+# may share them), and its columns as they start (kinds, flags, min/max starts). An
+# aggregator makes a table per window with the same name and type objects: the
+# next one is compared by identity and copied, not checked again.
+cdef tuple _last_spec = None
+
+
+cdef bint _like_last_spec(GroupTable t, list key_names, list key_types, list value_names,
+                          list value_types, list value_flags) except -1:
+    last = _last_spec
+    if (last is None or not _same_items(key_names, last[0]) or not _same_items(key_types, last[1])
+            or not _same_items(value_names, last[2]) or not _same_items(value_types, last[3])
+            or value_flags != last[4]):
+        return False
+    t._key_names, t._key_types, t._value_names, t._value_types, t._value_flags = last[:5]
+    t.n_keys = len(key_names)
+    t.n_vals = len(value_names)
+    t.per_group = last[6]
+    _alloc_columns(t, False)
+    memcpy(t.keys, <const char*>last[5], len(<bytes>last[5]))
+    return True
+
+
+cdef void _keep_spec(GroupTable t) except *:
+    global _last_spec
+    cdef size_t size = <size_t>t.n_keys * sizeof(KeyCol) + <size_t>t.n_vals * sizeof(ValCol)
+    _last_spec = (t._key_names, t._key_types, t._value_names, t._value_types, t._value_flags,
+                  (<char*>t.keys)[:size], t.per_group)
+
+
 cdef int _t_lock(GroupTable t) except -1:
     # Take t's lock with the GIL held: at once when it is free, else waiting without
     # the GIL (its holder may need the GIL to let go). A pthread mutex in the table:
@@ -2263,12 +2297,12 @@ cdef inline void _t_unlock(GroupTable t) noexcept nogil:
     pthread_mutex_unlock(&t._mutex)
 
 
-cdef int _alloc_columns(GroupTable t) except -1:
-    # t.keys and t.vals, zeroed, in one allocation, and t's lock: what every
-    # initialised table has (keys not NULL).
+cdef int _alloc_columns(GroupTable t, bint zero) except -1:
+    # t.keys and t.vals in one allocation (zeroed when asked), and t's lock: what
+    # every initialised table has (keys not NULL).
     cdef size_t key_bytes = <size_t>t.n_keys * sizeof(KeyCol)
     cdef size_t size = key_bytes + <size_t>t.n_vals * sizeof(ValCol)
-    cdef void* p = calloc(1, size if size else 1)
+    cdef void* p = calloc(1, size if size else 1) if zero else _alloc(size)
     if p == NULL:
         raise MemoryError()
     pthread_mutex_init(&t._mutex, NULL)
@@ -2311,6 +2345,8 @@ cdef class GroupTable:
             raise ValueError("key_names and key_types must be non-empty and of equal length")
         if len(value_names) != len(value_types) or len(value_names) != len(value_flags):
             raise ValueError("value_names, value_types and value_flags must have equal length")
+        if _like_last_spec(self, key_names, key_types, value_names, value_types, value_flags):
+            return
         self._key_names = list(key_names)
         self._key_types = list(key_types)
         self._value_names = list(value_names)
@@ -2318,7 +2354,7 @@ cdef class GroupTable:
         self._value_flags = list(value_flags)
         self.n_keys = len(key_names)
         self.n_vals = len(value_names)
-        _alloc_columns(self)
+        _alloc_columns(self, True)
         for k in range(self.n_keys):
             kind = _key_kind(key_types[k])
             if kind == 0:
@@ -2342,6 +2378,7 @@ cdef class GroupTable:
                 | (HAS_MAX if want & WANT_MAX else 0)
             )
         self.per_group = self._nbytes_for(1, 0)
+        _keep_spec(self)
 
     def __dealloc__(self):
         if load_int(&self.bg_state) == _BG_QUEUED or load_int(&self.bg_state) == _BG_RUNNING:
@@ -2426,10 +2463,10 @@ cdef class GroupTable:
         twin.n_keys = self.n_keys
         twin.n_vals = self.n_vals
         twin.per_group = self.per_group
-        _alloc_columns(twin)
         _t_lock(self)
         try:
             self._sync()
+            _alloc_columns(twin, False)  # (not zeroed: _copy fills them)
             twin._copy(self)
         finally:
             _t_unlock(self)
