@@ -88,6 +88,7 @@ cdef class GroupTable:
     cdef object _bg_batch           # the batch it reads, kept alive until _sync
     cdef Slot* bg_slots             # a larger slot table _reserve allocated, for the fold to fill
     cdef bint bg_copies             # _reserve left copies to the fold (see _pending)
+    cdef bint bg_rebuild            # the fold moves the groups into bg_slots before it starts
     cdef uint64_t bg_mask
 
     cdef void _free_groups(self) noexcept nogil

@@ -68,8 +68,12 @@ column is a float64 sum divided by the count (no wrap-around).
 
 Arrow memory is read directly through ``pyarrow.Buffer.address``; libarrow is
 not linked. Outputs are exported through the Arrow C Data Interface: one
-``ArrowArray`` per batch whose buffers this module allocated and whose release
-callback frees them, imported by ``pyarrow.RecordBatch._import_from_c``.
+``ArrowArray`` per batch, imported by ``pyarrow.RecordBatch._import_from_c``,
+whose release callback frees the buffers this module allocated for it. A
+column laid out as a block of the table is (counts, 8-byte sums, minima and
+maxima, 8-byte integer keys, the key arena): the buffer is the block, holding a
+reference to it like a copy of the table would, so the table copies it before
+it changes it and the output stays as it was.
 
 The GIL is released only for large inputs: a handler thread that gives it up
 for a few microseconds of work may wait a whole switch interval to get it back
@@ -1767,7 +1771,9 @@ cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
 # The fold must not fail where nobody can see it: _reserve makes every allocation
 # the fold could need beforehand (room for every row as a new group, the batch's
 # key bytes, null flags), on the calling thread, where a failure raises. With room
-# made, a fold cannot fail.
+# made, a fold cannot fail. The copies that room needs (the blocks the table
+# shares with a copy, or that grow) are left to the fold (_pending): the caller
+# only allocates.
 #
 # A fold goes to whichever thread takes it first: a table that needs its fold done
 # before the background thread has taken it takes it back and runs it itself. So
@@ -2602,7 +2608,12 @@ cdef class GroupTable:
         if g == self.group_cap and self._grow_groups(_at_least(2 * g, _MIN_GROUPS)):
             return -1
         if <uint64_t>(g + 1) * 2 > self.slot_mask + 1:
-            if self._rehash((self.slot_mask + 1) * 2):
+            if self.bg_slots != NULL and <uint64_t>(g + 1) * 2 <= self.bg_mask + 1:
+                # The slot table _reserve allocated for a background fold.
+                memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
+                self._rehash_into(self.bg_slots, self.bg_mask)
+                self.bg_slots = NULL
+            elif self._rehash((self.slot_mask + 1) * 2):
                 return -1
             pos[0] = h & self.slot_mask
             while self.slots[pos[0]].tag_gid != 0:
@@ -2734,10 +2745,13 @@ cdef class GroupTable:
             _b_drop(self.bg_slots, _token(self), 0)
             self.bg_slots = NULL
         grow = self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1
-        if (self.bg_slots == NULL
-                and (grow or not _b_claim(self.slots, _token(self), self.n_groups, True))):
-            # Only the memory: the fold zeroes it and moves the groups in (_fold_owned),
-            # also when the table may not claim its slots (another may have added some).
+        # The table may not claim its slots (another may have added some): the fold
+        # rebuilds them first. Else it moves to the larger table only if its groups
+        # do outgrow the slots (_make_room): most folds add far fewer groups than rows.
+        self.bg_rebuild = (self.slots == NULL
+                           or not _b_claim(self.slots, _token(self), self.n_groups, True))
+        if self.bg_slots == NULL and (grow or self.bg_rebuild):
+            # Only the memory: the fold zeroes it and moves the groups in.
             capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS) if grow else self.slot_mask + 1
             self.bg_slots = <Slot*>_b_alloc(capacity * sizeof(Slot), _token(self), False)
             if self.bg_slots == NULL:
@@ -2778,11 +2792,12 @@ cdef class GroupTable:
         cdef bint fused
         cdef int64_t groups
         _settle(self, True)
-        if self.bg_slots != NULL:
-            # The larger slot table _reserve made room for.
+        if self.bg_slots != NULL and self.bg_rebuild:
+            # The slot table _reserve made room for, when the table may not keep its own.
             memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
             self._rehash_into(self.bg_slots, self.bg_mask)
             self.bg_slots = NULL
+        self.bg_rebuild = False
         if self.n_groups == 0:
             # A new table: room for the first chunk's rows as groups rather than
             # growing step by step while they arrive.
@@ -2841,6 +2856,9 @@ cdef class GroupTable:
                 if c.flags & HAS_MAX:
                     _fold_kind(c.kind, &c.inp[0], start, m, gid, c.mx, HAS_MAX)
             start += m
+        if self.bg_slots != NULL:  # not needed after all
+            _b_drop(self.bg_slots, _token(self), 0)
+            self.bg_slots = NULL
         return 0
 
     cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1:
