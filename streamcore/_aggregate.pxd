@@ -9,6 +9,8 @@
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from streamcore._threads cimport pthread_mutex_t
+
 
 cdef struct Input:
     # One Arrow array of the batch being folded, read in place.
@@ -75,7 +77,8 @@ cdef class GroupTable:
     cdef list _value_flags
     # The last result layout asked for: (names, layout, codes, schema), replaced whole.
     cdef tuple _out
-    cdef object _lock
+    cdef pthread_mutex_t _mutex      # serialises calls (see _t_lock)
+    cdef int64_t per_group          # nbytes() per group (of the spec)
     # A fold handed to the background thread (see "background folds" in _aggregate.pyx).
     cdef int bg_state               # _BG_NONE, _QUEUED, _RUNNING or _DONE (atomic)
     cdef uint64_t bg_ticket         # its place in the queue while queued
@@ -84,6 +87,8 @@ cdef class GroupTable:
     cdef int64_t bg_bound           # an upper bound of nbytes() once it is done
     cdef object _bg_batch           # the batch it reads, kept alive until _sync
     cdef Slot* bg_slots             # a larger slot table _reserve allocated, for the fold to fill
+    cdef bint bg_copies             # _reserve left copies to the fold (see _pending)
+    cdef bint bg_rebuild            # the fold moves the groups into bg_slots before it starts
     cdef uint64_t bg_mask
 
     cdef void _free_groups(self) noexcept nogil

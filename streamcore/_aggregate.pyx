@@ -68,8 +68,12 @@ column is a float64 sum divided by the count (no wrap-around).
 
 Arrow memory is read directly through ``pyarrow.Buffer.address``; libarrow is
 not linked. Outputs are exported through the Arrow C Data Interface: one
-``ArrowArray`` per batch whose buffers this module allocated and whose release
-callback frees them, imported by ``pyarrow.RecordBatch._import_from_c``.
+``ArrowArray`` per batch, imported by ``pyarrow.RecordBatch._import_from_c``,
+whose release callback frees the buffers this module allocated for it. A
+column laid out as a block of the table is (counts, 8-byte sums, minima and
+maxima, 8-byte integer keys, the key arena): the buffer is the block, holding a
+reference to it like a copy of the table would, so the table copies it before
+it changes it and the output stays as it was.
 
 The GIL is released only for large inputs: a handler thread that gives it up
 for a few microseconds of work may wait a whole switch interval to get it back
@@ -96,8 +100,6 @@ from libc.stdint cimport (
 )
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
-
-import threading
 
 import pyarrow as pa
 
@@ -127,7 +129,10 @@ from streamcore._threads cimport (
 
 from streamcore.errors import InvalidRecordsError
 
-_new_lock = threading.Lock
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_trylock(pthread_mutex_t* mutex)
+    int pthread_mutex_destroy(pthread_mutex_t* mutex)
 
 cdef extern from *:
     """
@@ -312,6 +317,10 @@ _SUPPORTED_KEYS = (
     "or duration (dictionaries are decoded, string/binary views cast to large)"
 )
 _SUPPORTED_VALUES = "an integer, float32 or float64"
+# Looked up once: a module attribute lookup per call costs what the rest of a small
+# call's checks do.
+cdef object _RecordBatch = pa.RecordBatch
+cdef object _import_batch = pa.RecordBatch._import_from_c
 _OPS = {"count": OUT_COUNT, "sum": OUT_SUM, "min": OUT_MIN, "max": OUT_MAX, "mean": OUT_MEAN}
 
 ctypedef fused int_t:
@@ -494,7 +503,9 @@ cdef struct _Head:
     uintptr_t writer        # the table that may append to it in place, 0 for none
     int64_t len             # once writer is 0: how much the last writer had (bytes; groups
                             # for a slot table): no holder has more
-    int64_t pad             # (keeps the data 16-byte aligned)
+    void* src               # a block whose first bytes a background fold copies here
+                            # before it reads this one (see _pending); else NULL. (Also
+                            # keeps the data 16-byte aligned.)
 
 
 cdef enum:
@@ -502,6 +513,8 @@ cdef enum:
     _DROP = 1
     _SHARE
     _OWN
+    _SETTLE     # copy in what a block's src holds, and drop src (see _pending)
+    _ABANDON    # drop src without copying (the fold that would have is dropped)
 
 
 cdef inline _Head* _head(const void* p) noexcept nogil:
@@ -523,6 +536,7 @@ cdef void* _b_alloc(size_t size, uintptr_t owner, bint zero) noexcept nogil:
     h.refs = 1
     h.writer = owner
     h.len = 0
+    h.src = NULL
     return <void*>(h + 1)
 
 
@@ -573,6 +587,13 @@ cdef void _b_drop(void* p, uintptr_t owner, int64_t used) noexcept nogil:
         free(h)
 
 
+cdef void _b_unref(void* p) noexcept nogil:
+    # An exported array lets go of p: a holder that never writes (unlike _b_drop, it
+    # leaves the writer and its length alone).
+    if sc_refs_add(&_head(p).refs, -1) == 0:
+        free(_head(p))
+
+
 cdef void* _b_resize(void* p, size_t used, size_t size, uintptr_t owner) noexcept nogil:
     # p's first `used` bytes in a block of `size` bytes that `owner` writes: p itself,
     # reallocated, when owner is its only holder; else a new block, and p is dropped
@@ -619,9 +640,18 @@ cdef void* _visit(void* p, size_t used, size_t size, bint append_only, int op, u
     #   _OWN: make it writable by `me`: an append-only block needs `me` as writer
     #     (_b_claim), an accumulator needs `me` as its only holder; otherwise `me`
     #     gets a copy of the `used` bytes in a block of `size`.
+    #   _SETTLE, _ABANDON: see the enum.
     # A failed copy sets rc to -1 and leaves the block as it was.
     cdef void* q
     if p == NULL or rc[0]:
+        return p
+    if op == _SETTLE or op == _ABANDON:
+        q = _head(p).src
+        if q != NULL:
+            if op == _SETTLE and used:
+                memcpy(p, q, used)
+            _head(p).src = NULL
+            _b_drop(q, me, <int64_t>used)
         return p
     if op == _DROP:
         _b_drop(p, me, <int64_t>used)
@@ -685,6 +715,109 @@ cdef int _for_arrays(GroupTable t, int op, uintptr_t twin) noexcept nogil:
             c.mn = <uint64_t*>_visit(c.mn, used, cap, False, op, me, twin, &rc)
             c.mx = <uint64_t*>_visit(c.mx, used, cap, False, op, me, twin, &rc)
     return rc
+
+
+cdef void* _pending(void* p, size_t used, size_t size, bint append_only, bint grow, uintptr_t me,
+                    int* rc, bint* left) noexcept nogil:
+    # For a fold on the background thread (see _reserve): p made writable by `me`
+    # with room for `size` bytes (`grow`: more than p has), with no data copied on
+    # the calling thread. p itself when `me` may write it in place (as _OWN) and it
+    # need not grow; else a new block of `size` bytes whose src is p: the fold
+    # copies p's first `used` bytes in (_settle) before it reads them, and only then
+    # drops p, so that what it copies stays as it was. rc: as _visit; `left` set
+    # when a copy is left to the fold.
+    cdef void* q
+    if rc[0]:
+        return p
+    if p != NULL and not grow:
+        if append_only:
+            if _b_claim(p, me, <int64_t>used, False):
+                return p
+        elif _b_alone(p):
+            return p
+    q = _b_alloc(size, me, False)
+    if q == NULL:
+        rc[0] = -1
+        return p
+    if p != NULL:
+        if used:
+            _head(q).src = p
+            left[0] = True
+        else:
+            _b_drop(p, me, 0)
+    return q
+
+
+cdef void _settle(GroupTable t, bint copy) noexcept nogil:
+    # The copies _pending left to the fold: made (`copy`), or dropped with the fold.
+    if t.bg_copies:
+        _for_arrays(t, _SETTLE if copy else _ABANDON, 0)
+        t.bg_copies = False
+
+
+cdef int _reserve_blocks(GroupTable t, int64_t cap, int64_t n, int64_t* arena_bytes) noexcept nogil:
+    # _reserve's per-group arrays (room for `cap` groups) and key arenas (room for
+    # the n rows bound: *arena_bytes, all columns), through _pending (which also
+    # allocates the arrays a new table has not yet). 0, or -1 when
+    # out of memory (then the capacities are unchanged; blocks replaced hold more
+    # room, and the copies left are left: see _settle).
+    cdef uintptr_t me = _token(t)
+    cdef size_t used = <size_t>t.n_groups * 8
+    cdef size_t size = <size_t>cap * 8
+    cdef bint grow = cap > t.group_cap
+    cdef int rc = 0
+    cdef Py_ssize_t k
+    cdef Py_ssize_t j
+    cdef KeyCol* kc
+    cdef ValCol* c
+    cdef int64_t span
+    cdef int64_t arena_cap
+    cdef bint left = False
+    arena_bytes[0] = 0
+    t.counts = <int64_t*>_pending(t.counts, used, size, False, grow, me, &rc, &left)
+    t.group_hash = <uint64_t*>_pending(t.group_hash, used, size, True, grow,
+                                       me, &rc, &left)
+    for k in range(t.n_keys):
+        kc = &t.keys[k]
+        if kc.nulls != NULL:
+            kc.nulls = <uint8_t*>_pending(kc.nulls, used // 8, size // 8, True, grow, me, &rc, &left)
+        if _is_bin(kc.kind):
+            kc.offs = <int64_t*>_pending(kc.offs, used, size, True, grow, me, &rc, &left)
+            # The rows' bytes, nulls' included: at most what their keys add.
+            if kc.kind == K_BIN32:
+                span = (<const int32_t*>kc.inp.values)[n] - (<const int32_t*>kc.inp.values)[0]
+            else:
+                span = (<const int64_t*>kc.inp.values)[n] - (<const int64_t*>kc.inp.values)[0]
+            arena_bytes[0] += kc.arena_len + span
+            arena_cap = kc.arena_cap
+            if kc.arena_len + span > arena_cap:
+                arena_cap = arena_cap * 2 if arena_cap else 4096
+                while arena_cap < kc.arena_len + span:
+                    arena_cap *= 2
+            kc.arena = <uint8_t*>_pending(kc.arena, <size_t>kc.arena_len, <size_t>arena_cap, True,
+                                          arena_cap > kc.arena_cap, me, &rc, &left)
+            if rc == 0:
+                kc.arena_cap = arena_cap
+        else:
+            kc.ints = <uint64_t*>_pending(kc.ints, used, size, True, grow, me, &rc, &left)
+    for j in range(t.n_vals):
+        c = &t.vals[j]
+        if c.nulls != NULL:
+            c.nulls = <int64_t*>_pending(c.nulls, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_SUM:
+            c.sum = <uint64_t*>_pending(c.sum, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MSUM:
+            c.msum = <double*>_pending(c.msum, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MIN:
+            c.mn = <uint64_t*>_pending(c.mn, used, size, False, grow, me, &rc, &left)
+        if c.flags & HAS_MAX:
+            c.mx = <uint64_t*>_pending(c.mx, used, size, False, grow, me, &rc, &left)
+    if left:
+        t.bg_copies = True
+    if rc:
+        return -1
+    t.group_cap = cap
+    return 0
 
 
 cdef int _own(GroupTable t) noexcept nogil:
@@ -1638,7 +1771,9 @@ cdef int _run_fold(GroupTable t, int64_t n, bint merge) except -1:
 # The fold must not fail where nobody can see it: _reserve makes every allocation
 # the fold could need beforehand (room for every row as a new group, the batch's
 # key bytes, null flags), on the calling thread, where a failure raises. With room
-# made, a fold cannot fail.
+# made, a fold cannot fail. The copies that room needs (the blocks the table
+# shares with a copy, or that grow) are left to the fold (_pending): the caller
+# only allocates.
 #
 # A fold goes to whichever thread takes it first: a table that needs its fold done
 # before the background thread has taken it takes it back and runs it itself. So
@@ -1838,9 +1973,11 @@ def background_stats():
 # --- output: Arrow arrays through the C Data Interface --------------------------------
 
 cdef struct _Owned:
-    # private_data of an exported array: what its buffers point to (allocated here),
-    # and for the batch (a struct array) the storage of its children.
+    # private_data of an exported array: what its buffers point to (allocated here,
+    # or a block of the table: see _share), and for the batch (a struct array) the
+    # storage of its children.
     const void* buffers[3]
+    void* blocks[3]         # the table's block buffers[i] holds a reference to, or NULL
     CArrowArray* children
     CArrowArray** child_ptrs
 
@@ -1853,7 +1990,10 @@ cdef void _release(CArrowArray* a) noexcept nogil:
             if a.children[i].release != NULL:
                 a.children[i].release(a.children[i])
         for i in range(3):
-            free(<void*>own.buffers[i])
+            if own.blocks[i] != NULL:
+                _b_unref(own.blocks[i])
+            else:
+                free(<void*>own.buffers[i])
         free(own.children)
         free(own.child_ptrs)
         free(own)
@@ -1863,9 +2003,16 @@ cdef void _release(CArrowArray* a) noexcept nogil:
 
 cdef _Owned* _start(CArrowArray* a, int64_t length, int64_t n_buffers) noexcept nogil:
     # Make `a` a released-on-demand array with no buffers yet; NULL when out of memory.
-    cdef _Owned* own = <_Owned*>calloc(1, sizeof(_Owned))
+    # (malloc and stores: calloc costs several times more for a few words.)
+    cdef _Owned* own = <_Owned*>malloc(sizeof(_Owned))
+    cdef int i
     if own == NULL:
         return NULL
+    for i in range(3):
+        own.buffers[i] = NULL
+        own.blocks[i] = NULL
+    own.children = NULL
+    own.child_ptrs = NULL
     a.length = length
     a.null_count = 0
     a.offset = 0
@@ -1877,6 +2024,19 @@ cdef _Owned* _start(CArrowArray* a, int64_t length, int64_t n_buffers) noexcept 
     a.release = _release
     a.private_data = own
     return own
+
+
+cdef inline bint _share(_Owned* own, int i, void* p) noexcept nogil:
+    # buffers[i] = the table's block p itself (when there is one), held until the
+    # array is released. The exported bytes never change: accumulators are changed
+    # in place only by their only holder (so the table copies them first, as for a
+    # copy of the table), append-only blocks only beyond what any holder uses.
+    if p == NULL:
+        return False
+    sc_refs_add(&_head(p).refs, 1)
+    own.blocks[i] = p
+    own.buffers[i] = p
+    return True
 
 
 cdef uint8_t* _buffer(_Owned* own, int i, size_t size) noexcept nogil:
@@ -1915,8 +2075,12 @@ cdef int _value_validity(
     cdef int64_t i
     cdef int64_t count = 0
     cdef uint8_t* bits
-    for i in range(n):
-        count += counts[i] == _nulls_at(nulls, i)
+    if nulls == NULL:
+        for i in range(n):  # (vectorised: the usual column has no nulls)
+            count += counts[i] == 0
+    else:
+        for i in range(n):
+            count += counts[i] == nulls[i]
     null_count[0] = count
     if count == 0:
         return 0
@@ -1958,6 +2122,8 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
     if _key_validity(own, kc.nulls, n, &a.null_count):
         return -1
     if not _is_bin(kc.kind):
+        if _width(kc.kind) == 8 and _share(own, 1, kc.ints):
+            return 0
         data = _buffer(own, 1, <size_t>(_width(kc.kind) * n))
         if data == NULL:
             return -1
@@ -1965,9 +2131,14 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         return 0
     a.n_buffers = 3
     offsets = _buffer(own, 1, <size_t>((8 if kc.kind == K_BIN64 else 4) * (n + 1)))
-    data = _buffer(own, 2, <size_t>kc.arena_len)
-    if offsets == NULL or data == NULL:
+    if offsets == NULL:
         return -1
+    if _share(own, 2, kc.arena):
+        data = NULL
+    else:
+        data = _buffer(own, 2, <size_t>kc.arena_len)
+        if data == NULL:
+            return -1
     if kc.kind == K_BIN64:
         memcpy(offsets, kc.offs, <size_t>(8 * n))
         (<int64_t*>offsets)[n] = kc.arena_len
@@ -1975,7 +2146,7 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         for i in range(n):
             (<int32_t*>offsets)[i] = <int32_t>kc.offs[i]
         (<int32_t*>offsets)[n] = <int32_t>kc.arena_len
-    if kc.arena_len:
+    if data != NULL and kc.arena_len:
         memcpy(data, kc.arena, <size_t>kc.arena_len)
     return 0
 
@@ -1992,19 +2163,28 @@ cdef int _fill(GroupTable t, CArrowArray* a, int code, Py_ssize_t at) noexcept n
         return -1
     if code == OUT_KEY:
         return _fill_key(&t.keys[at], own, a, n)
+    # Columns that are a per-group array of the table as it is: shared, not copied.
+    if code == OUT_COUNT and _share(own, 1, t.counts):
+        return 0
+    c = &t.vals[at] if code != OUT_COUNT else NULL
+    if code != OUT_COUNT and code != OUT_NONNULL:
+        if _value_validity(own, t.counts, c.nulls, n, &a.null_count):
+            return -1
+        if ((code == OUT_SUM and _share(own, 1, c.sum))
+                or (code == OUT_MSUM and _share(own, 1, c.msum))
+                or (code == OUT_MIN and _width(c.kind) == 8 and _share(own, 1, c.mn))
+                or (code == OUT_MAX and _width(c.kind) == 8 and _share(own, 1, c.mx))):
+            return 0
     out = _buffer(own, 1, <size_t>(8 * n))
     if out == NULL:
         return -1
     if code == OUT_COUNT:
         memcpy(out, t.counts, <size_t>(8 * n))
         return 0
-    c = &t.vals[at]
     if code == OUT_NONNULL:
         for i in range(n):
             (<int64_t*>out)[i] = t.counts[i] - _nulls_at(c.nulls, i)
         return 0
-    if _value_validity(own, t.counts, c.nulls, n, &a.null_count):
-        return -1
     if code == OUT_SUM:
         memcpy(out, c.sum, <size_t>(8 * n))
     elif code == OUT_MSUM:
@@ -2053,7 +2233,8 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
             raise MemoryError()
         for i in range(n_cols):
             p_codes[i], p_ats[i] = codes[i]
-        with t._lock:
+        _t_lock(t)
+        try:
             t._sync()
             for i in range(n_cols):
                 if p_codes[i] == OUT_KEY and t.keys[p_ats[i]].kind == K_BIN32:
@@ -2070,6 +2251,8 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
                     rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
             else:
                 rc = _fill_all(t, arrays, p_codes, p_ats, n_cols)
+        finally:
+            _t_unlock(t)
         if rc:
             raise MemoryError()
     finally:
@@ -2080,6 +2263,66 @@ cdef int _fill_columns(GroupTable t, CArrowArray* arrays, list codes, int64_t* l
 
 
 # --- the table -----------------------------------------------------------------------
+
+# The spec of the last table __init__ checked: its lists (never mutated, so tables
+# may share them), and its columns as they start (kinds, flags, min/max starts). An
+# aggregator makes a table per window with the same name and type objects: the
+# next one is compared by identity and copied, not checked again.
+cdef tuple _last_spec = None
+
+
+cdef bint _like_last_spec(GroupTable t, list key_names, list key_types, list value_names,
+                          list value_types, list value_flags) except -1:
+    last = _last_spec
+    if (last is None or not _same_items(key_names, last[0]) or not _same_items(key_types, last[1])
+            or not _same_items(value_names, last[2]) or not _same_items(value_types, last[3])
+            or value_flags != last[4]):
+        return False
+    t._key_names, t._key_types, t._value_names, t._value_types, t._value_flags = last[:5]
+    t.n_keys = len(key_names)
+    t.n_vals = len(value_names)
+    t.per_group = last[6]
+    _alloc_columns(t, False)
+    memcpy(t.keys, <const char*>last[5], len(<bytes>last[5]))
+    return True
+
+
+cdef void _keep_spec(GroupTable t) except *:
+    global _last_spec
+    cdef size_t size = <size_t>t.n_keys * sizeof(KeyCol) + <size_t>t.n_vals * sizeof(ValCol)
+    _last_spec = (t._key_names, t._key_types, t._value_names, t._value_types, t._value_flags,
+                  (<char*>t.keys)[:size], t.per_group)
+
+
+cdef int _t_lock(GroupTable t) except -1:
+    # Take t's lock with the GIL held: at once when it is free, else waiting without
+    # the GIL (its holder may need the GIL to let go). A pthread mutex in the table:
+    # a threading.Lock cost a Python object per copy and ~1k instructions per call.
+    if t.keys == NULL:
+        raise TypeError("GroupTable.__init__ was not called")
+    if pthread_mutex_trylock(&t._mutex) != 0:
+        with nogil:
+            pthread_mutex_lock(&t._mutex)
+    return 0
+
+
+cdef inline void _t_unlock(GroupTable t) noexcept nogil:
+    pthread_mutex_unlock(&t._mutex)
+
+
+cdef int _alloc_columns(GroupTable t, bint zero) except -1:
+    # t.keys and t.vals in one allocation (zeroed when asked), and t's lock: what
+    # every initialised table has (keys not NULL).
+    cdef size_t key_bytes = <size_t>t.n_keys * sizeof(KeyCol)
+    cdef size_t size = key_bytes + <size_t>t.n_vals * sizeof(ValCol)
+    cdef void* p = calloc(1, size if size else 1) if zero else _alloc(size)
+    if p == NULL:
+        raise MemoryError()
+    pthread_mutex_init(&t._mutex, NULL)
+    t.keys = <KeyCol*>p
+    t.vals = <ValCol*>(<char*>p + key_bytes)
+    return 0
+
 
 @cython.final
 @cython.no_gc_clear  # a queued fold reads _bg_batch's buffers until __dealloc__ has waited
@@ -2109,13 +2352,14 @@ cdef class GroupTable:
         cdef Py_ssize_t j
         cdef int kind
         cdef int want
-        if self._lock is not None:
+        if self.keys != NULL:
             raise TypeError("GroupTable.__init__ must not be called twice")
         if not key_names or len(key_names) != len(key_types):
             raise ValueError("key_names and key_types must be non-empty and of equal length")
         if len(value_names) != len(value_types) or len(value_names) != len(value_flags):
             raise ValueError("value_names, value_types and value_flags must have equal length")
-        self._lock = _new_lock()
+        if _like_last_spec(self, key_names, key_types, value_names, value_types, value_flags):
+            return
         self._key_names = list(key_names)
         self._key_types = list(key_types)
         self._value_names = list(value_names)
@@ -2123,10 +2367,7 @@ cdef class GroupTable:
         self._value_flags = list(value_flags)
         self.n_keys = len(key_names)
         self.n_vals = len(value_names)
-        self.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
-        self.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
-        if self.keys == NULL or self.vals == NULL:
-            raise MemoryError()
+        _alloc_columns(self, True)
         for k in range(self.n_keys):
             kind = _key_kind(key_types[k])
             if kind == 0:
@@ -2149,19 +2390,25 @@ cdef class GroupTable:
                 | (HAS_MIN if want & WANT_MIN else 0)
                 | (HAS_MAX if want & WANT_MAX else 0)
             )
+        self.per_group = self._nbytes_for(1, 0)
+        _keep_spec(self)
 
     def __dealloc__(self):
         if load_int(&self.bg_state) == _BG_QUEUED or load_int(&self.bg_state) == _BG_RUNNING:
             with nogil:
                 _bg_finish(self, False)  # a queued fold is dropped: nobody will see it
         self._free_groups()
-        free(self.keys)
-        free(self.vals)
+        if self.keys != NULL:
+            pthread_mutex_destroy(&self._mutex)
+        free(self.keys)  # (vals are in the same allocation)
 
     def __len__(self):
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             return self.n_groups
+        finally:
+            _t_unlock(self)
 
     cdef int _sync(self) except -1:
         # Before any use of the table (under its lock, so that no fold is posted
@@ -2184,6 +2431,7 @@ cdef class GroupTable:
         # Let go of every block (shared ones live on in the tables that hold them).
         cdef Py_ssize_t k
         cdef KeyCol* kc
+        _settle(self, False)  # a fold dropped with its table
         _for_arrays(self, _DROP, 0)
         _b_drop(self.bg_slots, _token(self), 0)
         self.bg_slots = NULL
@@ -2199,9 +2447,12 @@ cdef class GroupTable:
 
     def clear(self):
         """Forget every group and release the memory."""
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             self._free_groups()
+        finally:
+            _t_unlock(self)
 
     def copy(self):
         """An independent table with the same spec and groups.
@@ -2222,16 +2473,16 @@ cdef class GroupTable:
         twin._value_types = self._value_types
         twin._value_flags = self._value_flags
         twin._out = self._out
-        twin._lock = _new_lock()
         twin.n_keys = self.n_keys
         twin.n_vals = self.n_vals
-        twin.keys = <KeyCol*>calloc(self.n_keys, sizeof(KeyCol))
-        twin.vals = <ValCol*>calloc(self.n_vals if self.n_vals else 1, sizeof(ValCol))
-        if twin.keys == NULL or twin.vals == NULL:
-            raise MemoryError()
-        with self._lock:
+        twin.per_group = self.per_group
+        _t_lock(self)
+        try:
             self._sync()
+            _alloc_columns(twin, False)  # (not zeroed: _copy fills them)
             twin._copy(self)
+        finally:
+            _t_unlock(self)
         return twin
 
     cdef int _copy(self, GroupTable src) noexcept nogil:
@@ -2265,11 +2516,14 @@ cdef class GroupTable:
         cdef int state = load_int(&self.bg_state)
         if bound and (state == _BG_QUEUED or state == _BG_RUNNING):
             return self.bg_bound
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 arena += self.keys[k].arena_len
-            return self._nbytes_for(self.n_groups, arena)
+            return self.n_groups * self.per_group + arena
+        finally:
+            _t_unlock(self)
 
     cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil:
         # nbytes() of `groups` groups whose keys take `arena_bytes` (all key columns).
@@ -2361,7 +2615,12 @@ cdef class GroupTable:
         if g == self.group_cap and self._grow_groups(_at_least(2 * g, _MIN_GROUPS)):
             return -1
         if <uint64_t>(g + 1) * 2 > self.slot_mask + 1:
-            if self._rehash((self.slot_mask + 1) * 2):
+            if self.bg_slots != NULL and <uint64_t>(g + 1) * 2 <= self.bg_mask + 1:
+                # The slot table _reserve allocated for a background fold.
+                memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
+                self._rehash_into(self.bg_slots, self.bg_mask)
+                self.bg_slots = NULL
+            elif self._rehash((self.slot_mask + 1) * 2):
                 return -1
             pos[0] = h & self.slot_mask
             while self.slots[pos[0]].tag_gid != 0:
@@ -2470,54 +2729,58 @@ cdef class GroupTable:
     cdef int _reserve(self, int64_t n) noexcept nogil:
         # Every allocation a fold of the n rows bound could make, made now (see
         # "background folds"): 0, -1 when out of memory, -2 when n more groups
-        # could be too many (the fold itself says whether they are).
+        # could be too many (the fold itself says whether they are). Blocks the
+        # table may not write in place, or that must grow, are replaced by new
+        # ones that the fold fills (_pending): the copies run on the thread that
+        # folds, beside the caller, and read memory where the fold then works.
         cdef int64_t need = self.n_groups + n
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef KeyCol* kc
         cdef ValCol* c
-        cdef int64_t span
         cdef int64_t arena = 0
         cdef uint64_t capacity
+        cdef bint grow
         if need > _MAX_GROUPS:
             return -2
-        if _own(self):
-            return -1
-        if self.group_cap < need and self._grow_groups(_at_least(need, _MIN_GROUPS)):
+        if _reserve_blocks(self, self.group_cap if self.group_cap >= need
+                           else _at_least(need, _MIN_GROUPS), n, &arena):
+            _settle(self, True)  # the table as it was, in blocks of its own
             return -1
         if self.bg_slots != NULL and <uint64_t>need * 2 > self.bg_mask + 1:
             # Made by a reservation that failed later, for fewer rows.
             _b_drop(self.bg_slots, _token(self), 0)
             self.bg_slots = NULL
-        if self.bg_slots == NULL and (self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1):
-            # Only the memory: the fold zeroes it and moves the groups in (_fold_owned).
-            capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS)
+        grow = self.slots == NULL or <uint64_t>need * 2 > self.slot_mask + 1
+        # The table may not claim its slots (another may have added some): the fold
+        # rebuilds them first. Else it moves to the larger table only if its groups
+        # do outgrow the slots (_make_room): most folds add far fewer groups than rows.
+        self.bg_rebuild = (self.slots == NULL
+                           or not _b_claim(self.slots, _token(self), self.n_groups, True))
+        if self.bg_slots == NULL and (grow or self.bg_rebuild):
+            # Only the memory: the fold zeroes it and moves the groups in.
+            capacity = <uint64_t>_at_least(2 * need, _MIN_SLOTS) if grow else self.slot_mask + 1
             self.bg_slots = <Slot*>_b_alloc(capacity * sizeof(Slot), _token(self), False)
             if self.bg_slots == NULL:
+                _settle(self, True)
                 return -1
             self.bg_mask = capacity - 1
         for k in range(self.n_keys):
             kc = &self.keys[k]
             if kc.inp.valid != NULL and kc.nulls == NULL and _first_null_key(self, kc):
+                _settle(self, True)
                 return -1
-            if _is_bin(kc.kind):
-                # The rows' bytes, nulls' included: at most what their keys add.
-                if kc.kind == K_BIN32:
-                    span = (<const int32_t*>kc.inp.values)[n] - (<const int32_t*>kc.inp.values)[0]
-                else:
-                    span = (<const int64_t*>kc.inp.values)[n] - (<const int64_t*>kc.inp.values)[0]
-                if kc.arena_len + span > kc.arena_cap and _grow_arena(self, kc, kc.arena_len + span):
-                    return -1
-                arena += kc.arena_len + span
         for j in range(self.n_vals):
             c = &self.vals[j]
             if c.inp[0].valid != NULL and c.nulls == NULL and _first_null_value(self, c):
+                _settle(self, True)
                 return -1
         self.bg_bound = self._nbytes_for(need, arena)
         return 0
 
     cdef int _fold(self, int64_t n, bint merge) noexcept nogil:
         # Fold n rows of the bound inputs: values (update) or a partial state (merge).
+        _settle(self, True)  # a reservation whose fold was not posted
         if _own(self):
             return -1
         return self._fold_owned(n, merge)
@@ -2535,11 +2798,13 @@ cdef class GroupTable:
         cdef bint single = self.n_keys == 1
         cdef bint fused
         cdef int64_t groups
-        if self.bg_slots != NULL:
-            # The larger slot table _reserve made room for.
+        _settle(self, True)
+        if self.bg_slots != NULL and self.bg_rebuild:
+            # The slot table _reserve made room for, when the table may not keep its own.
             memset(self.bg_slots, 0, (self.bg_mask + 1) * sizeof(Slot))
             self._rehash_into(self.bg_slots, self.bg_mask)
             self.bg_slots = NULL
+        self.bg_rebuild = False
         if self.n_groups == 0:
             # A new table: room for the first chunk's rows as groups rather than
             # growing step by step while they arrive.
@@ -2598,6 +2863,9 @@ cdef class GroupTable:
                 if c.flags & HAS_MAX:
                     _fold_kind(c.kind, &c.inp[0], start, m, gid, c.mx, HAS_MAX)
             start += m
+        if self.bg_slots != NULL:  # not needed after all
+            _b_drop(self.bg_slots, _token(self), 0)
+            self.bg_slots = NULL
         return 0
 
     cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1:
@@ -2629,7 +2897,8 @@ cdef class GroupTable:
         for arr in value_arrays:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 arr, name, dtype = key_arrays[k], self._key_names[k], self._key_types[k]
@@ -2638,6 +2907,8 @@ cdef class GroupTable:
                 arr, name, dtype = value_arrays[j], self._value_names[j], self._value_types[j]
                 self._bind_input(arr, name, dtype, self.vals[j].kind, &self.vals[j].inp[0])
             _run_fold(self, n, False)
+        finally:
+            _t_unlock(self)
 
     def update_batch(self, batch, list key_idx, list value_idx, bint background=False,
                      BatchBinding source=None, int64_t offset=0):
@@ -2658,7 +2929,7 @@ cdef class GroupTable:
         cdef int rc
         cdef int kind
         cdef Input* inp
-        if not isinstance(batch, pa.RecordBatch):
+        if not isinstance(batch, _RecordBatch):
             msg = f"batch must be a pyarrow.RecordBatch, got {type(batch).__name__}"
             raise TypeError(msg)
         if len(key_idx) != self.n_keys or len(value_idx) != self.n_vals:
@@ -2667,8 +2938,9 @@ cdef class GroupTable:
         if source is not None and (offset < 0 or offset > source.n_rows - n):  # no overflow
             msg = f"rows {offset}..{offset + n} are not within the source's {source.n_rows}"
             raise ValueError(msg)
-        column = batch.column
-        with self._lock:
+        column = batch.column if source is None else None
+        _t_lock(self)
+        try:
             self._sync()
             # `batch` holds every buffer bound here until the fold is done.
             for k in range(self.n_keys):
@@ -2695,6 +2967,8 @@ cdef class GroupTable:
                         self._bg_batch = batch
                         return
             _run_fold(self, n, False)
+        finally:
+            _t_unlock(self)
 
     def input_types(self):
         """The key column types, then the value column types."""
@@ -2749,7 +3023,8 @@ cdef class GroupTable:
         for arr in columns:
             if len(arr) != n:
                 raise ValueError("every column must have the same length")
-        with self._lock:
+        _t_lock(self)
+        try:
             self._sync()
             for k in range(self.n_keys):
                 _bind_state(self, columns, fields, k, self.keys[k].kind, &self.keys[k].inp)
@@ -2775,6 +3050,8 @@ cdef class GroupTable:
                     _bind_state(self, columns, fields, at, c.kind, &c.inp[4])
                     at += 1
             _run_fold(self, n, True)
+        finally:
+            _t_unlock(self)
 
     cdef object _export(self, list codes, object schema):
         # A RecordBatch of the groups: column i is codes[i] = (OUT_*, column index),
@@ -2797,7 +3074,7 @@ cdef class GroupTable:
             batch.n_children = n_cols
             _fill_columns(self, own.children, codes, &batch.length)
             # The import takes the struct over (and releases it if it fails).
-            return pa.RecordBatch._import_from_c(<uintptr_t>&batch, schema)
+            return _import_batch(<uintptr_t>&batch, schema)
         finally:
             if batch.release != NULL:
                 batch.release(&batch)
@@ -2823,21 +3100,44 @@ cdef class GroupTable:
 # Result layouts by (types, flags, names, layout): a window makes a new table per
 # window, whose first result would otherwise build the same schema again.
 cdef dict _LAYOUTS = {}
+# The last layout found or built, and the spec lists of the table it was for: a new
+# table of the same aggregator holds the same type objects, which are compared by
+# identity here (hashing DataTypes for _LAYOUTS costs microseconds).
+cdef tuple _last_layout = None
+
+
+cdef bint _same_items(list a, list b):
+    cdef Py_ssize_t i
+    if len(a) != len(b):
+        return False
+    for i in range(len(a)):
+        if a[i] is not b[i]:
+            return False
+    return True
 
 
 cdef tuple _result_layout(GroupTable t, list names, list layout):
     # t._out for this result layout: (names, layout, codes, schema), built and cached
     # when the layout is not the last one asked for.
+    global _last_layout
     cdef Py_ssize_t k
     cdef int code
     out = t._out
     if out is not None and names == out[0] and layout == out[1]:
         return out
+    last = _last_layout
+    if last is not None:
+        out = last[3]
+        if (names == out[0] and layout == out[1] and _same_items(t._key_types, last[0])
+                and _same_items(t._value_types, last[1]) and t._value_flags == last[2]):
+            t._out = out
+            return out
     key = (tuple(t._key_types), tuple(t._value_types), tuple(t._value_flags), tuple(names),
            tuple([tuple(e) for e in layout]))
     out = _LAYOUTS.get(key)
     if out is not None:
         t._out = out
+        _last_layout = (t._key_types, t._value_types, t._value_flags, out)
         return out
     if len(names) != t.n_keys + len(layout):
         raise ValueError("one name per key column and per layout entry is expected")
@@ -2860,6 +3160,7 @@ cdef tuple _result_layout(GroupTable t, list names, list layout):
     if len(_LAYOUTS) >= 64:
         _LAYOUTS.clear()
     _LAYOUTS[key] = out
+    _last_layout = (t._key_types, t._value_types, t._value_flags, out)
     return out
 
 

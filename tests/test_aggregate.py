@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
 import math
 import pickle
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamcore import _aggregate
 from streamcore.aggregate import Aggregator, window_start
 from streamcore.errors import ConfigError, InvalidRecordsError
 
@@ -1048,3 +1050,70 @@ def test_window_start_chunked_and_errors() -> None:
         window_start(pa.array([1], pa.timestamp("s")), "60")
     with pytest.raises(OverflowError):
         window_start(pa.array([-(2**63)], pa.int64()), 3)
+
+
+@pytest.mark.parametrize("key_type", [pa.utf8(), pa.large_utf8(), pa.int64(), pa.int32()])
+def test_results_share_the_groups_memory_and_stay_as_they_were(key_type: pa.DataType) -> None:
+    # A result holds the aggregator's arrays where their layout is the column's
+    # (counts, 8-byte sums, minima, maxima, keys): whatever the aggregator does
+    # next (updates that change those groups, copies, clear, being freed) must not
+    # change a result already returned.
+    def keys(ids: Sequence[int]) -> pa.Array:
+        text = pa.types.is_string(key_type) or pa.types.is_large_string(key_type)
+        return pa.array([f"key-{i}" if text else i for i in ids], key_type)
+
+    def records(ids: Sequence[int], start: int) -> pa.Table:
+        return pa.table(
+            {
+                "k": keys(ids),
+                "v": pa.array([float(start + j) for j in range(len(ids))]),
+                "n": pa.array([start + j for j in range(len(ids))], pa.int64()),
+            }
+        )
+
+    agg = Aggregator(by="k", sum=["v", "n"], min=["v", "n"], max="n", mean="n")
+    agg.update(records(range(20), 0))
+    first = agg.result()
+    expected = first.to_pylist()
+    twin = agg.copy()
+    twin.update(records(range(10, 40), 100))  # shares the blocks, then changes them
+    agg.update(records(range(0, 50, 2), 1000))  # changes groups the result has
+    second = agg.result()
+    expected_second = second.to_pylist()
+    assert first.to_pylist() == expected
+    agg.clear()
+    agg.update(records(range(5), 7))
+    assert first.to_pylist() == expected and second.to_pylist() == expected_second
+    del agg, twin
+    gc.collect()
+    first.validate(full=True)
+    second.validate(full=True)
+    assert first.to_pylist() == expected and second.to_pylist() == expected_second
+    assert [r["k"] for r in expected] == keys(range(20)).to_pylist()
+    assert [r["n_sum"] for r in expected_second][:3] == [1000, 1, 1003]
+
+
+def test_tables_made_like_the_last_one_keep_their_own_spec() -> None:
+    # A table made with the very objects of the last one copies its checked columns;
+    # any other spec is checked and laid out afresh.
+    key_names, key_types = ["k"], [pa.utf8()]
+    names, flags = ["v"], [_aggregate.WANT_SUM | _aggregate.WANT_MIN]
+    layout = [("count", -1), ("sum", 0), ("min", 0)]
+    records = pa.record_batch({"k": ["a", "b", "a"], "v": pa.array([3, 1, 2], pa.int32())})
+    for value_type, flag_set, want in (
+        (pa.int32(), flags, [("a", 2, 5, 2), ("b", 1, 1, 1)]),
+        (pa.int32(), flags, [("a", 2, 5, 2), ("b", 1, 1, 1)]),
+        (pa.float64(), flags, [("a", 2, 5.0, 2.0), ("b", 1, 1.0, 1.0)]),
+        (pa.int32(), [_aggregate.WANT_SUM], None),
+    ):
+        table = _aggregate.GroupTable(key_names, key_types, names, [value_type], flag_set)
+        assert table.input_types() == [pa.utf8(), value_type]
+        batch = records.set_column(1, "v", records["v"].cast(value_type))
+        table.update_batch(batch, [0], [1])
+        if want is None:
+            with pytest.raises(ValueError, match="min of 'v' was not asked for"):
+                table.result_batch(["k", "count", "v_sum", "v_min"], layout)
+            continue
+        result = table.result_batch(["k", "count", "v_sum", "v_min"], layout)
+        assert [tuple(r.values()) for r in result.to_pylist()] == want
+        assert result.schema.field("v_min").type == value_type

@@ -272,3 +272,48 @@ def test_a_window_handler_folds_in_the_background() -> None:
     queued, ran, taken_back = (b - a for a, b in zip(before, _aggregate.background_stats(), strict=True))
     assert sum(totals) >= 1000  # the last window may still be open
     assert queued > 0 and ran + taken_back == queued
+
+
+def test_copies_fold_into_blocks_they_share() -> None:
+    # A copy's fold replaces the blocks it shares (accumulators) or must grow (keys,
+    # arena) with new ones that the fold fills from the shared ones: the original
+    # keeps its groups, every copy gets its own, whether its fold ran on the thread,
+    # was taken back by a later call, or was dropped with the copy.
+    _aggregate.background_folds(False)
+    original = spec()
+    fold(original, batch([f"u{i}" for i in range(300)], [float(i) for i in range(300)]))
+    expected_original = rows(original)
+    grown = batch([f"u{i}" for i in range(0, 900, 2)], [1.0] * 450)
+    same = batch([f"u{i}" for i in range(0, 300, 3)], [None, 2.0] * 50)
+    expected = []
+    for records in (grown, same):
+        twin = original.copy()
+        fold(twin, records)
+        expected.append(rows(twin))
+    _aggregate.background_folds(True)
+    for _ in range(5):
+        copies = [(original.copy(), k % 2) for k in range(60)]
+        for twin, k in copies:
+            fold(twin, (grown, same)[k])
+        # Read back to front: the last posted are likeliest still queued (taken back).
+        for twin, k in reversed(copies[::2]):
+            assert rows(twin) == expected[k]
+        del copies, twin  # the rest dropped, folds pending or not
+        gc.collect()
+        assert rows(original) == expected_original
+
+
+def test_a_copy_of_a_copy_with_a_fold_pending() -> None:
+    agg = spec()
+    fold(agg, batch(["a", "b"], [1.0, 2.0]))
+    twin = agg.copy()
+    fold(twin, batch(["a", "c"], [3.0, None]))
+    third = twin.copy()  # waits for twin's fold, then shares its new blocks
+    fold(third, batch(["d"], [4.0]))
+    fold(twin, batch(["a"], [5.0]))
+    assert [r["user"] for r in rows(third)] == ["a", "b", "c", "d"]
+    assert rows(twin)[0]["value_sum"] == 9.0 and len(twin) == 3
+    assert rows(agg) == [
+        {"user": "a", "count": 1, "value_sum": 1.0, "value_min": 1.0, "value_max": 1.0, "value_mean": 1.0},
+        {"user": "b", "count": 1, "value_sum": 2.0, "value_min": 2.0, "value_max": 2.0, "value_mean": 2.0},
+    ]
