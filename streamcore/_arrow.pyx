@@ -250,8 +250,9 @@ _threads = 2 if available_cpus() >= 2 else 1
 def parallel_config(threads=None, min_rows=None):
     """Set how the per-record loops of large calls use threads; returns the previous ``(threads, min_rows)``.
 
-    ``_hashing.hash_array``, ``_partition.partition`` and ``assign``, and
-    ``gather`` (what ``MemoryStream.put`` runs) split a call over at least
+    ``_hashing.hash_array``, ``_partition.partition``, ``assign`` and
+    ``assign_keys``, and ``gather`` (``MemoryStream.put`` runs the last two)
+    split a call over at least
     ``min_rows`` rows (default 16384) into tasks that ``threads`` threads take
     in turn: the calling thread and one helper thread. The default is 2 when
     the process may run on two CPUs or more, else 1. Results are the same

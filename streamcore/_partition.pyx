@@ -18,7 +18,7 @@ from libc.string cimport memset
 
 import pyarrow as pa
 
-from streamcore._arrow cimport buffer_address, parallel_rows, run_tasks_gil, task_fn
+from streamcore._arrow cimport NOGIL_ROWS, buffer_address, parallel_rows, run_tasks_gil, task_fn
 from streamcore._hashing cimport KIND_OFFSETS32, KIND_OFFSETS64, KeyView, hash_keys, key_view, xxh64
 
 
@@ -326,6 +326,10 @@ cdef void _place_task(void* ctx, Py_ssize_t task) noexcept nogil:
 cdef void _run(task_fn fn, _Grouping* g, Py_ssize_t n_tasks) noexcept:
     if parallel_rows(g.n):
         run_tasks_gil(fn, g, n_tasks, g.n)
+    elif g.n >= NOGIL_ROWS:  # one thread: a large put (hashing included) still lets others run
+        with nogil:
+            for task in range(n_tasks):
+                fn(g, task)
     else:
         for task in range(n_tasks):
             fn(g, task)
