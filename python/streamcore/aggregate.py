@@ -500,7 +500,11 @@ class Aggregator:
         ``<col>_sum``, ``<col>_min``, ``<col>_max`` and ``<col>_mean`` in that
         order, each in the order of its option's list. Before any records
         have fixed the types, the key, sum, min and max columns are of type
-        null. The returned table owns its memory.
+        null. The returned table stays valid and unchanged whatever happens to
+        the aggregator afterwards: its count, sum, min and max columns and its
+        keys' bytes share the aggregator's memory, which the aggregator copies
+        before it changes it (so the first update after a result pays that
+        copy, and a result keeps those blocks alive after the aggregator).
         """
         table = self._table
         spec = self._s
