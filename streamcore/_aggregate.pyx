@@ -630,6 +630,14 @@ cdef inline void* _grow(void* p, size_t used, size_t size, uintptr_t owner, int*
     return q
 
 
+cdef inline bint _writable(void* p, size_t used, bint append_only, uintptr_t me) noexcept nogil:
+    # Whether `me` may write p in place: an append-only block when it may claim what
+    # lies beyond its `used` bytes, any other when nobody else holds it.
+    if append_only:
+        return _b_claim(p, me, <int64_t>used, False)
+    return _b_alone(p)
+
+
 cdef void* _visit(void* p, size_t used, size_t size, bint append_only, int op, uintptr_t me,
                   uintptr_t twin, int* rc) noexcept nogil:
     # One block of table `me`, of which it uses `used` bytes (see _for_arrays);
@@ -663,10 +671,7 @@ cdef void* _visit(void* p, size_t used, size_t size, bint append_only, int op, u
             sc_writer_store(&_head(p).writer, twin)
         sc_refs_add(&_head(p).refs, 1)
         return p
-    if append_only:
-        if _b_claim(p, me, <int64_t>used, False):
-            return p
-    elif _b_alone(p):
+    if _writable(p, used, append_only, me):
         return p
     q = _b_alloc(size, me, False)
     if q == NULL:
@@ -729,12 +734,8 @@ cdef void* _pending(void* p, size_t used, size_t size, bint append_only, bint gr
     cdef void* q
     if rc[0]:
         return p
-    if p != NULL and not grow:
-        if append_only:
-            if _b_claim(p, me, <int64_t>used, False):
-                return p
-        elif _b_alone(p):
-            return p
+    if p != NULL and not grow and _writable(p, used, append_only, me):
+        return p
     q = _b_alloc(size, me, False)
     if q == NULL:
         rc[0] = -1
@@ -791,9 +792,7 @@ cdef int _reserve_blocks(GroupTable t, int64_t cap, int64_t n, int64_t* arena_by
             arena_bytes[0] += kc.arena_len + span
             arena_cap = kc.arena_cap
             if kc.arena_len + span > arena_cap:
-                arena_cap = arena_cap * 2 if arena_cap else 4096
-                while arena_cap < kc.arena_len + span:
-                    arena_cap *= 2
+                arena_cap = _arena_cap_for(kc, kc.arena_len + span)
             kc.arena = <uint8_t*>_pending(kc.arena, <size_t>kc.arena_len, <size_t>arena_cap, True,
                                           arena_cap > kc.arena_cap, me, &rc, &left)
             if rc == 0:
@@ -1543,12 +1542,18 @@ cdef inline void _copy_key(uint8_t* dst, const uint8_t* src, int64_t n) noexcept
         i += 1
 
 
-cdef int _grow_arena(GroupTable t, KeyCol* kc, int64_t need) noexcept nogil:
-    # Room for `need` bytes in kc's arena; -1 when out of memory.
+cdef inline int64_t _arena_cap_for(const KeyCol* kc, int64_t need) noexcept nogil:
+    # The capacity kc's arena grows to for `need` bytes: doubled until they fit.
     cdef int64_t cap = kc.arena_cap * 2 if kc.arena_cap else 4096
-    cdef void* grown
     while cap < need:
         cap *= 2
+    return cap
+
+
+cdef int _grow_arena(GroupTable t, KeyCol* kc, int64_t need) noexcept nogil:
+    # Room for `need` bytes in kc's arena; -1 when out of memory.
+    cdef int64_t cap = _arena_cap_for(kc, need)
+    cdef void* grown
     grown = _b_resize(kc.arena, <size_t>kc.arena_len, <size_t>cap, _token(t))
     if grown == NULL:
         return -1
