@@ -403,13 +403,6 @@ class Aggregator:
         TypeError
             When ``records`` is not Arrow data.
         """
-        if records is handed.records:  # a handler's batch: one call less on this hot path
-            plan = self._plan
-            table = self._table
-            if plan is not None and not plan.any_fix and records.schema.equals(plan.schema):
-                assert table is not None
-                table.update_batch(records, plan.key_idx, plan.value_idx, True, handed.source, handed.offset)
-                return
         if isinstance(records, pa.RecordBatch):
             self._update_batch(records)
             return
