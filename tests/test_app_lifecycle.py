@@ -223,3 +223,28 @@ def test_a_closed_app_cannot_be_started_again() -> None:
     with pytest.raises(sc.AppStateError, match="closed"):
         app.run(until_idle=True)
     app.stop()  # nothing runs: returns at once
+
+
+def test_iterator_age_is_the_age_of_the_last_finished_batch_when_it_finished() -> None:
+    # SEMANTICS: IteratorAge is the age of the last record of the last batch, at the
+    # time the invocation finished.
+    clock = sc.VirtualClock(start=1000.0)
+    stream = sc.MemoryStream(shards=1, clock=clock)
+    stream.put([{"key": "k", "n": i} for i in range(3)])  # arrive at t=1000
+    clock.advance(2.5)
+    with sc.App(clock=clock) as app:
+
+        @app.consumer(stream, name="c", batch_size=10)
+        def handle(batch: sc.Batch) -> None:
+            clock.advance(0.25)  # the invocation takes 250 ms of clock time
+
+        assert app.metrics()["iterator_age_ms"] == 0  # nothing finished yet
+        app.run(until_idle=True)
+        metrics = app.metrics()
+        assert metrics["iterator_age_ms"] == 2750
+        assert metrics["c.iterator_age_ms"] == 2750
+        clock.advance(10.0)  # a gauge of the last batch, not of the time since
+        assert app.metrics()["iterator_age_ms"] == 2750
+        stream.put([{"key": "k", "n": 3}])  # arrives at t=1012.75
+        app.run(until_idle=True)
+        assert app.metrics()["iterator_age_ms"] == 250

@@ -20,7 +20,7 @@ from streamcore import _hashing
 from streamcore._aggregate import BatchBinding
 from streamcore._dispatch import FINAL, INVOKE, ShardDispatcher
 from streamcore.aggregate import handed
-from streamcore.batch import Batch, make_batch
+from streamcore.batch import Batch, Window, make_batch
 from streamcore.checkpoints import CheckpointStore, make_progress
 from streamcore.clock import Clock
 from streamcore.failures import (
@@ -58,6 +58,13 @@ COUNTERS = (*BASE_COUNTERS, "records_expired")
 DELIVERY_RETRY_DELAY = 1.0
 
 _NEVER = float("inf")  # the deadline of an invocation without a timeout
+
+# Objects made once per batch (a Work, a success's Outcome) are made with this and
+# their slots set one by one: a class call goes through type.__call__ and the
+# generated __init__'s frame, which costs about twice as much.
+_new = object.__new__
+
+_BOUNDS_KEPT = 64  # window bounds a consumer keeps (windows open on its shards at once)
 
 
 class ShardState:
@@ -121,8 +128,7 @@ class Work:
 class Outcome:
     """What an action produced. ``error`` None and ``failed`` empty is a success.
 
-    A success is built positionally, ``Outcome(state, state_bytes)``: keyword
-    arguments to a class call cost a dict per call, and one is built per batch.
+    A success, built once per batch, is made by ``_success`` (see ``_new``).
     """
 
     state: dict[str, Any] | None = None  # tumbling windows: the state to commit
@@ -131,6 +137,18 @@ class Outcome:
     function_error: bool = False  # an exception or a timeout, rather than a bad response
     failed: Sequence[int] = ()  # partial response: failed seqs
     done: int = 0  # partial response: records before the lowest failed seq
+
+
+def _success(state: dict[str, Any] | None, state_bytes: int) -> Outcome:
+    """``Outcome(state, state_bytes)``, made as ``_new`` says."""
+    outcome: Outcome = _new(Outcome)
+    outcome.state = state
+    outcome.state_bytes = state_bytes
+    outcome.error = None
+    outcome.function_error = False
+    outcome.failed = ()
+    outcome.done = 0
+    return outcome
 
 
 class StreamConsumer:
@@ -158,7 +176,11 @@ class StreamConsumer:
         self._window_ms = int(options.tumbling_window * 1000) if options.tumbling_window else 0
         self._report_failures = options.report_failures
         self._max_state_bytes = options.max_state_bytes
-        self.iterator_age_ms = 0
+        # Window index -> Window: every invocation of a window hands the handler the
+        # same bounds (a dict: lru_cache's call costs as much as making them).
+        self._bounds: dict[int, Window] = {}
+        self._finished_at = 0.0  # clock time of the last finished invocation
+        self._finished_arrival_ms = 0  # and the arrival of its last record
         self.in_flight = 0
         # Records read ahead of the oldest one not done, per shard. One lane only
         # ever needs the next few batches; with several lanes a lane blocked by a
@@ -312,10 +334,27 @@ class StreamConsumer:
         if not contiguous:
             base = log.chunk_start(first)
             offsets = dispatcher.batch_offsets(lane, base)
-        return Work(
-            self, state, lane, count, attempt, kind, first, last, contiguous, base, offsets,
-            last_arrival_ms, epoch, deadline, window, window_state, early,
-        )
+        work: Work = _new(Work)  # not Work(...): see _new
+        work.consumer = self
+        work.unit = state
+        work.lane = lane
+        work.count = count
+        work.attempt = attempt
+        work.kind = kind
+        work.first_seq = first
+        work.last_seq = last
+        work.contiguous = contiguous
+        work.base = base
+        work.offsets = offsets
+        work.last_arrival_ms = last_arrival_ms
+        work.epoch = epoch
+        work.deadline = deadline
+        work.window = window
+        work.state = window_state
+        work.early = early
+        work.thread = 0
+        work.timed_out = False
+        return work
 
     def next_deadline(self) -> tuple[float, float]:
         """``(due, upcoming)`` over every shard: see ``ShardDispatcher.next_deadline``."""
@@ -352,7 +391,11 @@ class StreamConsumer:
             return self._discard(work, records)
         window = None
         if work.window is not None:
-            window = window_bounds(work.window, self._window_ms)
+            window = self._bounds.get(work.window)
+            if window is None:
+                if len(self._bounds) >= _BOUNDS_KEPT:
+                    self._bounds.clear()  # long closed windows
+                window = self._bounds[work.window] = window_bounds(work.window, self._window_ms)
         batch = make_batch(
             records,
             self.stream.name,
@@ -397,14 +440,14 @@ class StreamConsumer:
                 except TypeError as exc:
                     return Outcome(error=f"invalid window state: {exc}")
         if not self._report_failures:
-            return Outcome(state, state_bytes)
+            return _success(state, state_bytes)
         seqs = records.column("seq")
         try:
             failed = failed_seqs(result, seqs)
         except InvalidResponse as exc:
             return Outcome(error=f"invalid batch response: {exc}")
         if not failed:
-            return Outcome(state, state_bytes)
+            return _success(state, state_bytes)
         lowest = min(failed)
         done = lowest - work.first_seq if work.contiguous else pc.index(seqs, lowest).as_py()
         return Outcome(state, state_bytes, failed=failed, done=done)
@@ -462,8 +505,9 @@ class StreamConsumer:
             self._checkpoint(state)
             return
         counters["invocations"] += 1
-        age = int(now * 1000) - work.last_arrival_ms
-        self.iterator_age_ms = age if age > 0 else 0
+        # The iterator age is worked out when asked for (metrics), from the last of these.
+        self._finished_at = now
+        self._finished_arrival_ms = work.last_arrival_ms
         if outcome.error is None and not outcome.failed:
             if work.window is not None:
                 self._commit_window(work, outcome)
@@ -522,6 +566,11 @@ class StreamConsumer:
         progress = make_progress(seq, lanes, states)
         self.store.save(self.name, {state.shard_id: progress})
         self.counters["checkpoints_written"] += 1
+
+    @property
+    def iterator_age_ms(self) -> int:
+        """Age of the last record of the last finished invocation, when it finished (ms)."""
+        return max(0, int(self._finished_at * 1000) - self._finished_arrival_ms)
 
     def checkpoints(self) -> dict[int, int | None]:
         return {shard_id: state.checkpoint for shard_id, state in self.shards.items()}
