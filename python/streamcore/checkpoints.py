@@ -31,7 +31,8 @@ class ShardProgress:
         ``states`` when a store asks for it, so an in-memory store never pays
         for serialising window state.
     states : dict or None
-        ``{lane: [window index, state dict]}`` of the open windows (decoded ``windows``).
+        ``{lane: (window index, state dict)}`` of the open windows (decoded ``windows``;
+        a decoded pair is a list).
     """
 
     __slots__ = ("_states", "_windows", "checkpoint", "lanes")
@@ -102,6 +103,13 @@ class CheckpointStore:
         """Record new progress for some shards of ``consumer``."""
         raise NotImplementedError
 
+    def save_shard(self, consumer: str, shard: int, progress: ShardProgress) -> None:
+        """``save(consumer, {shard: progress})``: a consumer saves one per batch.
+
+        A store may override it to spare the dict.
+        """
+        self.save(consumer, {shard: progress})
+
     def close(self) -> None:
         """Release the store's resources (locks, files)."""
 
@@ -112,6 +120,7 @@ class MemoryCheckpoints(CheckpointStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data: dict[str, dict[int, ShardProgress]] = {}
+        self._save_overridden = type(self).save is not MemoryCheckpoints.save
 
     def load(self, consumer: str) -> dict[int, ShardProgress]:
         with self._lock:
@@ -123,6 +132,16 @@ class MemoryCheckpoints(CheckpointStore):
             if saved is None:  # not setdefault: that makes a dict on every save
                 saved = self._data[consumer] = {}
             saved.update(progress)
+
+    def save_shard(self, consumer: str, shard: int, progress: ShardProgress) -> None:
+        if self._save_overridden:  # a subclass's save sees every save
+            self.save(consumer, {shard: progress})
+            return
+        with self._lock:
+            saved = self._data.get(consumer)
+            if saved is None:
+                saved = self._data[consumer] = {}
+            saved[shard] = progress
 
     def __repr__(self) -> str:
         return f"MemoryCheckpoints(consumers={sorted(self._data)})"

@@ -52,7 +52,9 @@ BASE_COUNTERS = (
     "throttles",
     "checkpoints_written",
 )
-COUNTERS = (*BASE_COUNTERS, "records_expired")
+# A stream consumer counts checkpoints_written in an attribute (one per batch: an
+# attribute costs less than a dict item); metrics() adds it.
+COUNTERS = (*(c for c in BASE_COUNTERS if c != "checkpoints_written"), "records_expired")
 
 # Seconds before a failed on_failure delivery is tried again (the lane waits meanwhile).
 DELIVERY_RETRY_DELAY = 1.0
@@ -92,8 +94,9 @@ class ShardState:
         self.ended = False
         # Per lane: the last failure's message and whether it was an exception/timeout.
         self.last_error: dict[int, tuple[str | None, bool]] = {}
-        # Per lane: the committed state of its open tumbling window.
-        self.windows: dict[int, dict[str, Any]] = {}
+        # Per lane: its open tumbling window and that window's committed state, as
+        # a checkpoint saves them (a copy of this dict is the checkpoint's states).
+        self.windows: dict[int, tuple[int, dict[str, Any]]] = {}
         # The binding of the stored batch the last invocation's records were sliced
         # from, while the shard's next batches come from it too.
         self.binding: BatchBinding | None = None
@@ -179,6 +182,7 @@ class StreamConsumer:
         # Window index -> Window: every invocation of a window hands the handler the
         # same bounds (a dict: lru_cache's call costs as much as making them).
         self._bounds: dict[int, Window] = {}
+        self.checkpoints_written = 0  # a counter, kept out of `counters` (one per batch)
         self._finished_at = 0.0  # clock time of the last finished invocation
         self._finished_arrival_ms = 0  # and the arrival of its last record
         self.in_flight = 0
@@ -228,7 +232,7 @@ class StreamConsumer:
             if options.tumbling_window:
                 for lane, (window, window_state) in progress.states.items():
                     dispatcher.restore_window(lane, window)
-                    state.windows[lane] = window_state
+                    state.windows[lane] = (window, window_state)
                     if state_nbytes(window_state) > options.max_state_bytes:
                         # Saved right after the state outgrew its limit: the early
                         # closing that was due is due again (the flag is not saved).
@@ -328,7 +332,7 @@ class StreamConsumer:
         window_state = None
         if window is not None:  # tumbling windows: an invocation or a closing
             committed = state.windows.get(lane)
-            window_state = {} if committed is None else copy_state(committed)
+            window_state = {} if committed is None else copy_state(committed[1])
         base = first
         offsets = None
         if not contiguous:
@@ -538,12 +542,12 @@ class StreamConsumer:
         windows = work.unit.windows
         if work.kind == FINAL:
             if work.early:
-                windows[work.lane] = {}  # the same window goes on with fresh state
+                windows[work.lane] = (work.window, {})  # the same window goes on with fresh state
             else:
                 windows.pop(work.lane, None)
             return
-        assert outcome.state is not None
-        windows[work.lane] = outcome.state
+        assert outcome.state is not None and work.window is not None
+        windows[work.lane] = (work.window, outcome.state)
         if outcome.state_bytes > self._max_state_bytes:
             work.unit.dispatcher.terminate_early(work.lane)
 
@@ -558,14 +562,9 @@ class StreamConsumer:
         if seq >= 0 and (state.checkpoint is None or seq > state.checkpoint):
             state.checkpoint = seq
         # Lanes may have moved even when the shard checkpoint did not.
-        states = None
-        if state.windows:
-            states = {}
-            for lane, window_state in state.windows.items():
-                states[lane] = [dispatcher.open_window(lane), window_state]
-        progress = make_progress(seq, lanes, states)
-        self.store.save(self.name, {state.shard_id: progress})
-        self.counters["checkpoints_written"] += 1
+        progress = make_progress(seq, lanes, dict(state.windows) if state.windows else None)
+        self.store.save_shard(self.name, state.shard_id, progress)
+        self.checkpoints_written += 1
 
     @property
     def iterator_age_ms(self) -> int:
@@ -577,6 +576,7 @@ class StreamConsumer:
 
     def metrics(self) -> dict[str, int | float]:
         out: dict[str, int | float] = dict(self.counters)
+        out["checkpoints_written"] = self.checkpoints_written
         out["iterator_age_ms"] = self.iterator_age_ms
         out["concurrent_executions"] = self.in_flight
         return out
