@@ -86,6 +86,15 @@ cdef inline void _record_at(const Lane* lane, Py_ssize_t i, uint64_t* seq, int64
     arrival_ms[0] = run.arrival_ms
 
 
+cdef inline uint32_t _or_sizes(const uint32_t* sz, Py_ssize_t n) noexcept nogil:
+    # At least the largest size, in about half the instructions of a sum (vectorised).
+    cdef uint32_t bits = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        bits |= sz[i]
+    return bits
+
+
 cdef inline int64_t _sum_sizes(const uint32_t* sz, Py_ssize_t n) noexcept nogil:
     # A plain loop: the compiler vectorises it.
     cdef uint64_t total = 0
@@ -285,9 +294,6 @@ cdef class ShardDispatcher:
             return 0
         if lane.head == lane.tail:
             lane.pending_since = now
-        if lane.arrivals_sorted and arrival_ms < lane.last_arrival_ms:
-            lane.arrivals_sorted = False
-        lane.last_arrival_ms = arrival_ms
         if lane.rtail > lane.rhead:
             run = &lane.runs[lane.rtail - 1]
             if (run.owner == <PyObject*>sizes and run.base_seq == first_seq and run.arrival_ms == arrival_ms
@@ -475,15 +481,19 @@ cdef class ShardDispatcher:
 
     cdef Py_ssize_t _fresh_count_runs(self, Lane* lane, bint* full) noexcept nogil:
         # _fresh_count over runs: the same greedy cut, a run (one arrival) at a time.
-        # Sizes are summed for the records the batch may take, a run's part at once;
-        # only the run where the byte limit falls is walked record by record.
+        # Bytes: a run's sizes OR-ed bound its largest, so OR x count bounds its bytes;
+        # while the bounds fit max_batch_bytes nothing is summed. Otherwise the sizes
+        # are summed, a run's part at once, and only the run where the limit falls
+        # is walked record by record.
         cdef Py_ssize_t avail = lane.tail - lane.head
         cdef Py_ssize_t want = avail if avail < self.batch_size else self.batch_size
-        cdef Py_ssize_t take = 0, m, j
+        cdef Py_ssize_t take = 0, cap, m, j
         cdef int64_t nbytes = 0, part
         cdef int64_t limit = self.max_batch_bytes
         cdef int64_t window_start = INT64_MIN
         cdef int64_t window_end = INT64_MAX
+        cdef uint32_t bits
+        cdef bint exact = False
         cdef const Run* run = lane.runs + lane.rhead
         if self.window_ms:
             window_start = self._window_of(run.arrival_ms) * self.window_ms
@@ -492,18 +502,33 @@ cdef class ShardDispatcher:
             if run.arrival_ms >= window_end or run.arrival_ms < window_start:
                 break
             m = run.n if run.n < want - take else want - take
-            part = _sum_sizes(run.sz, m)
-            if nbytes + part <= limit:
-                nbytes += part
-                take += m
-                run += 1
-                continue
-            for j in range(m):  # the limit falls in this run (an oversize first record goes alone)
-                if take and nbytes + run.sz[j] > limit:
-                    break
-                nbytes += run.sz[j]
-                take += 1
-            break
+            if not exact:
+                bits = _or_sizes(run.sz, m)
+                if bits and m > (limit - nbytes) // bits:
+                    exact = True
+                else:
+                    nbytes += <int64_t>bits * m
+            take += m
+            run += 1
+        if exact:
+            cap = take
+            take = 0
+            nbytes = 0
+            run = lane.runs + lane.rhead
+            while take < cap:
+                m = run.n if run.n < cap - take else cap - take
+                part = _sum_sizes(run.sz, m)
+                if nbytes + part <= limit:
+                    nbytes += part
+                    take += m
+                    run += 1
+                    continue
+                for j in range(m):  # the limit falls in this run (an oversize first record goes alone)
+                    if take and nbytes + run.sz[j] > limit:
+                        break
+                    nbytes += run.sz[j]
+                    take += 1
+                break
         full[0] = take < avail or take == self.batch_size
         return take
 
