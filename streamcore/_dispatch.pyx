@@ -504,9 +504,11 @@ cdef class ShardDispatcher:
             m = run.n if run.n < want - take else want - take
             if not exact:
                 bits = _or_sizes(run.sz, m)
-                if bits and m > (limit - nbytes) // bits:
-                    exact = True
+                if m <= 0x7FFFFFFF:  # then bits * m < 2^63, and adding nbytes fits uint64
+                    exact = <uint64_t>bits * <uint64_t>m + <uint64_t>nbytes > <uint64_t>limit
                 else:
+                    exact = bits != 0 and m > (limit - nbytes) // bits
+                if not exact:
                     nbytes += <int64_t>bits * m
             take += m
             run += 1
