@@ -1,3 +1,4 @@
+from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
@@ -8,12 +9,31 @@ cdef struct Entry:
     uint32_t nbytes
 
 
+cdef struct Run:
+    # Consecutive records of one log chunk, pending in a one-lane dispatcher: seqs
+    # seq .. seq + n - 1, all of one arrival, their sizes read in place from the chunk.
+    uint64_t seq
+    Py_ssize_t n
+    int64_t arrival_ms
+    const uint32_t* sz      # size of record ``seq`` (then the next ones)
+    PyObject* owner         # the chunk's sizes array: a reference held keeps ``sz`` valid
+    uint64_t base_seq       # seq of the owner's element 0
+
+
 cdef struct Lane:
-    # FIFO of records not yet done, oldest first: buf[head:tail].
+    # Records not yet done, oldest first. With several lanes, a FIFO of entries:
+    # buf[head:tail]. With one lane (``use_runs``), runs[rhead:rtail] hold them and
+    # head/tail only count records (tail - head pending), so reading a chunk costs
+    # one run, whatever its records.
+    bint use_runs
     Entry* buf
     Py_ssize_t head
     Py_ssize_t tail
     Py_ssize_t cap
+    Run* runs
+    Py_ssize_t rhead
+    Py_ssize_t rtail
+    Py_ssize_t rcap
     # The batch in flight is always the first ``inflight_n`` records of the FIFO.
     bint in_flight
     Py_ssize_t inflight_n
@@ -39,9 +59,9 @@ cdef struct Lane:
     int64_t open_window
     bint final_pending
     bint final_early
-    # What lets batch assembly skip its per-record scan: the largest record size
-    # ever read into the lane, and whether arrivals never decreased along it (then
-    # the end of a window is found by binary search).
+    # What lets batch assembly of entries skip its per-record scan: the largest record
+    # size ever read into the lane, and whether arrivals never decreased along it (then
+    # the end of a window is found by binary search). Runs need neither.
     uint32_t max_nbytes
     bint arrivals_sorted
     int64_t last_arrival_ms
@@ -68,9 +88,10 @@ cdef class ShardDispatcher:
     cdef int _reserve(self, Lane* lane, Py_ssize_t extra) except -1 nogil
     cdef int _ingest_rows(self, uint64_t first_seq, const uint64_t* h, const uint32_t* sz,
                           int64_t arrival_ms, Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil
-    cdef int _ingest_one_lane(self, uint64_t first_seq, const uint32_t* sz, int64_t arrival_ms,
-                              Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil
+    cdef int _ingest_run(self, uint64_t first_seq, object sizes, int64_t arrival_ms,
+                         Py_ssize_t start, Py_ssize_t n, double now) except -1
     cdef Py_ssize_t _fresh_count(self, Lane* lane, bint* full) noexcept nogil
+    cdef Py_ssize_t _fresh_count_runs(self, Lane* lane, bint* full) noexcept nogil
     cdef int64_t _window_of(self, int64_t arrival_ms) noexcept nogil
     cdef double _ready_at(self, Lane* lane, double now, Py_ssize_t* count, int* kind) noexcept nogil
     cdef Py_ssize_t _start_next(self, double now, Py_ssize_t* count, int* kind, int64_t* attempt) noexcept nogil
@@ -82,4 +103,4 @@ cdef class ShardDispatcher:
     cdef Lane* _lane(self, Py_ssize_t lane_idx) except NULL
     cdef Lane* _inflight_lane(self, Py_ssize_t lane_idx) except NULL
     cdef int _pin_front(self, Lane* lane, Py_ssize_t count) except -1
-    cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept nogil
+    cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept

@@ -11,8 +11,13 @@ one below the oldest record still in any FIFO (or below the read position).
 The dispatcher decides *which* records form the next batch and *when*; the
 Python layer turns that into Arrow slices and invokes the handler. Every
 per-record step here runs without the GIL.
+
+With one lane (the common case) the lane holds runs instead of entries: one
+per chunk read, pointing at the chunk's sizes in place, so reading costs
+O(chunks); sizes are summed only for the records a batch takes.
 """
 
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memmove
@@ -56,6 +61,47 @@ cdef inline void _note_arrival(Lane* lane, int64_t arrival_ms, uint32_t nbytes) 
     lane.last_arrival_ms = arrival_ms
     if nbytes > lane.max_nbytes:
         lane.max_nbytes = nbytes
+
+
+cdef inline uint64_t _head_seq(const Lane* lane) noexcept nogil:
+    return lane.runs[lane.rhead].seq if lane.use_runs else lane.buf[lane.head].seq
+
+
+cdef inline int64_t _head_arrival(const Lane* lane) noexcept nogil:
+    return lane.runs[lane.rhead].arrival_ms if lane.use_runs else lane.buf[lane.head].arrival_ms
+
+
+cdef inline void _record_at(const Lane* lane, Py_ssize_t i, uint64_t* seq, int64_t* arrival_ms) noexcept nogil:
+    # Seq and arrival of the lane's i-th pending record (0: the oldest); i < tail - head.
+    cdef const Run* run
+    if not lane.use_runs:
+        seq[0] = lane.buf[lane.head + i].seq
+        arrival_ms[0] = lane.buf[lane.head + i].arrival_ms
+        return
+    run = lane.runs + lane.rhead
+    while i >= run.n:
+        i -= run.n
+        run += 1
+    seq[0] = run.seq + <uint64_t>i
+    arrival_ms[0] = run.arrival_ms
+
+
+cdef inline uint32_t _or_sizes(const uint32_t* sz, Py_ssize_t n) noexcept nogil:
+    # At least the largest size, in about half the instructions of a sum (vectorised).
+    cdef uint32_t bits = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        bits |= sz[i]
+    return bits
+
+
+cdef inline int64_t _sum_sizes(const uint32_t* sz, Py_ssize_t n) noexcept nogil:
+    # A plain loop: the compiler vectorises it.
+    cdef uint64_t total = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        total += sz[i]
+    return <int64_t>total
 
 
 cdef class ShardDispatcher:
@@ -121,6 +167,11 @@ cdef class ShardDispatcher:
         self.window_ms = <int64_t>(tumbling_window * 1000)
         cdef Py_ssize_t i
         for i in range(n_lanes):
+            self.lanes[i].use_runs = n_lanes == 1
+            self.lanes[i].runs = NULL
+            self.lanes[i].rhead = 0
+            self.lanes[i].rtail = 0
+            self.lanes[i].rcap = 0
             self.lanes[i].buf = NULL
             self.lanes[i].head = 0
             self.lanes[i].tail = 0
@@ -149,9 +200,12 @@ cdef class ShardDispatcher:
             self.lanes[i].final_early = False
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, r
         if self.lanes != NULL:
             for i in range(self.n_lanes):
+                for r in range(self.lanes[i].rhead, self.lanes[i].rtail):
+                    Py_XDECREF(self.lanes[i].runs[r].owner)
+                free(self.lanes[i].runs)
                 free(self.lanes[i].buf)
                 free(self.lanes[i].pinned)
             free(self.lanes)
@@ -191,8 +245,6 @@ cdef class ShardDispatcher:
         cdef Entry* entry
         cdef uint64_t seq
         cdef Py_ssize_t* need
-        if n_lanes == 1:
-            return self._ingest_one_lane(first_seq, sz, arrival_ms, start, n, now)
         # Count first, so that each lane grows at most once per chunk.
         need = <Py_ssize_t*>calloc(n_lanes, sizeof(Py_ssize_t))
         if need == NULL:
@@ -222,15 +274,15 @@ cdef class ShardDispatcher:
             _note_arrival(lane, arrival_ms, sz[i])
         return 0
 
-    cdef int _ingest_one_lane(self, uint64_t first_seq, const uint32_t* sz, int64_t arrival_ms,
-                              Py_ssize_t start, Py_ssize_t n, double now) except -1 nogil:
-        # _ingest_rows for one lane: the records done by an earlier run form a prefix
-        # (seqs ascend), the rest are appended in one tight loop.
+    cdef int _ingest_run(self, uint64_t first_seq, object sizes, int64_t arrival_ms,
+                         Py_ssize_t start, Py_ssize_t n, double now) except -1:
+        # One lane: the records join as one run, or lengthen the last run when they
+        # continue it in the same chunk. Those done by an earlier run of this consumer
+        # form a prefix (seqs ascend) and are skipped.
         cdef Lane* lane = &self.lanes[0]
-        cdef Py_ssize_t i
-        cdef Py_ssize_t skip = 0
-        cdef uint32_t largest
-        cdef Entry* entry
+        cdef Py_ssize_t skip, live, want
+        cdef Run* run
+        cdef Run* grown
         cdef int64_t first = <int64_t>(first_seq + <uint64_t>start)
         if lane.skip_through >= first:
             skip = lane.skip_through - first + 1
@@ -240,20 +292,42 @@ cdef class ShardDispatcher:
             start += skip
         if start >= n:
             return 0
-        self._reserve(lane, n - start)
         if lane.head == lane.tail:
             lane.pending_since = now
-        entry = lane.buf + lane.tail
-        largest = 0
-        for i in range(start, n):
-            entry.seq = first_seq + <uint64_t>i
-            entry.arrival_ms = arrival_ms
-            entry.nbytes = sz[i]
-            if sz[i] > largest:
-                largest = sz[i]
-            entry += 1
+        if lane.rtail > lane.rhead:
+            run = &lane.runs[lane.rtail - 1]
+            if (run.owner == <PyObject*>sizes and run.base_seq == first_seq and run.arrival_ms == arrival_ms
+                    and run.seq + <uint64_t>run.n == first_seq + <uint64_t>start):
+                run.n += n - start
+                lane.tail += n - start
+                return 0
+        size_buf = sizes.buffers()[1]
+        cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + <Py_ssize_t>sizes.offset
+        if lane.rtail == lane.rcap:
+            live = lane.rtail - lane.rhead
+            if lane.rhead and lane.rhead >= live:  # at least half the room is free in front
+                memmove(lane.runs, lane.runs + lane.rhead, live * sizeof(Run))
+            else:
+                want = 2 * lane.rcap if lane.rcap else 8
+                grown = <Run*>realloc(lane.runs, want * sizeof(Run))
+                if grown == NULL:
+                    raise MemoryError()
+                lane.runs = grown
+                lane.rcap = want
+                if lane.rhead:
+                    memmove(lane.runs, lane.runs + lane.rhead, live * sizeof(Run))
+            lane.rhead = 0
+            lane.rtail = live
+        run = &lane.runs[lane.rtail]
+        run.seq = first_seq + <uint64_t>start
+        run.n = n - start
+        run.arrival_ms = arrival_ms
+        run.sz = sz + start
+        run.base_seq = first_seq
+        Py_INCREF(sizes)  # the run reads the sizes in place: they must outlive it
+        run.owner = <PyObject*>sizes
+        lane.rtail += 1
         lane.tail += n - start
-        _note_arrival(lane, arrival_ms, largest)
         return 0
 
     def ingest(self, uint64_t first_seq, hashes, sizes, int64_t arrival_ms, Py_ssize_t start,
@@ -264,7 +338,9 @@ cdef class ShardDispatcher:
         ``hashes`` (uint64: the key hashes, which pick the lanes; None with one
         lane) and ``sizes`` (uint32) describe the chunk's records; the chunk's
         records all arrived at ``arrival_ms``. Records must be read in seq order
-        without gaps: ``first_seq + start`` must be ``next_read``.
+        without gaps: ``first_seq + start`` must be ``next_read``. With one lane
+        the dispatcher keeps a reference to ``sizes`` and reads it in place until
+        those records are done (an Arrow array never changes).
         """
         cdef Py_ssize_t n = len(sizes)
         if 0 <= stop < n:
@@ -273,11 +349,13 @@ cdef class ShardDispatcher:
             raise ValueError(f"ingest at seq {first_seq + start}, expected {self.next_read}")
         if start >= n:
             return
-        cdef const uint64_t* h = NULL
-        if self.n_lanes > 1:
-            if hashes is None or len(hashes) < n:
-                raise ValueError("ingest needs a key hash per record with more than one lane")
-            h = (<const uint64_t*>buffer_address(hashes.buffers()[1])) + <Py_ssize_t>hashes.offset
+        if self.n_lanes == 1:
+            self._ingest_run(first_seq, sizes, arrival_ms, start, n, now)
+            self.next_read = first_seq + <uint64_t>n
+            return
+        if hashes is None or len(hashes) < n:
+            raise ValueError("ingest needs a key hash per record with more than one lane")
+        cdef const uint64_t* h = (<const uint64_t*>buffer_address(hashes.buffers()[1])) + <Py_ssize_t>hashes.offset
         size_buf = sizes.buffers()[1]
         cdef const uint32_t* sz = (<const uint32_t*>buffer_address(size_buf)) + <Py_ssize_t>sizes.offset
         if n - start >= _NOGIL_RECORDS:
@@ -293,7 +371,7 @@ cdef class ShardDispatcher:
         They are lost, as on Kinesis when records expire unread; lanes with a
         batch in flight are left alone. Returns how many records were dropped.
         """
-        cdef Py_ssize_t i, k, dropped = 0
+        cdef Py_ssize_t i, k, r, dropped = 0
         cdef Lane* lane
         if seq > self.next_read:
             self.next_read = seq
@@ -302,8 +380,16 @@ cdef class ShardDispatcher:
             if lane.in_flight:
                 continue
             k = 0
-            while lane.head + k < lane.tail and lane.buf[lane.head + k].seq < seq:
-                k += 1
+            if lane.use_runs:
+                r = lane.rhead
+                while r < lane.rtail and lane.runs[r].seq + <uint64_t>lane.runs[r].n <= seq:
+                    k += lane.runs[r].n
+                    r += 1
+                if r < lane.rtail and lane.runs[r].seq < seq:
+                    k += <Py_ssize_t>(seq - lane.runs[r].seq)
+            else:
+                while lane.head + k < lane.tail and lane.buf[lane.head + k].seq < seq:
+                    k += 1
             if not k:
                 continue
             dropped += k
@@ -363,6 +449,8 @@ cdef class ShardDispatcher:
         cdef int64_t window_start = INT64_MIN
         cdef int64_t window_end = INT64_MAX
         cdef const Entry* entry
+        if lane.use_runs:
+            return self._fresh_count_runs(lane, full)
         if self.window_ms:
             window_start = self._window_of(lane.buf[lane.head].arrival_ms) * self.window_ms
             window_end = window_start + self.window_ms
@@ -391,9 +479,71 @@ cdef class ShardDispatcher:
         full[0] = stop < lane.tail or stop - lane.head == self.batch_size
         return stop - lane.head
 
+    cdef Py_ssize_t _fresh_count_runs(self, Lane* lane, bint* full) noexcept nogil:
+        # _fresh_count over runs: the same greedy cut, a run (one arrival) at a time.
+        # Bytes: a run's sizes OR-ed bound its largest, so OR x count bounds its bytes;
+        # while the bounds fit max_batch_bytes nothing is summed. Otherwise the sizes
+        # are summed, a run's part at once, and only the run where the limit falls
+        # is walked record by record.
+        cdef Py_ssize_t avail = lane.tail - lane.head
+        cdef Py_ssize_t want = avail if avail < self.batch_size else self.batch_size
+        cdef Py_ssize_t take = 0, cap, m, j
+        cdef int64_t nbytes = 0, part
+        cdef int64_t limit = self.max_batch_bytes
+        cdef int64_t window_start = INT64_MIN
+        cdef int64_t window_end = INT64_MAX
+        cdef uint32_t bits
+        cdef bint exact = False
+        cdef const Run* run = lane.runs + lane.rhead
+        if self.window_ms:
+            window_start = self._window_of(run.arrival_ms) * self.window_ms
+            window_end = window_start + self.window_ms
+        while take < want:
+            if run.arrival_ms >= window_end or run.arrival_ms < window_start:
+                break
+            m = run.n if run.n < want - take else want - take
+            if not exact:
+                bits = _or_sizes(run.sz, m)
+                if m <= 0x7FFFFFFF:  # then bits * m < 2^63, and adding nbytes fits uint64
+                    exact = <uint64_t>bits * <uint64_t>m + <uint64_t>nbytes > <uint64_t>limit
+                else:
+                    exact = bits != 0 and m > (limit - nbytes) // bits
+                if not exact:
+                    nbytes += <int64_t>bits * m
+            take += m
+            run += 1
+        if exact:
+            cap = take
+            take = 0
+            nbytes = 0
+            run = lane.runs + lane.rhead
+            while take < cap:
+                m = run.n if run.n < cap - take else cap - take
+                part = _sum_sizes(run.sz, m)
+                if nbytes + part <= limit:
+                    nbytes += part
+                    take += m
+                    run += 1
+                    continue
+                for j in range(m):  # the limit falls in this run (an oversize first record goes alone)
+                    if take and nbytes + run.sz[j] > limit:
+                        break
+                    nbytes += run.sz[j]
+                    take += 1
+                break
+        full[0] = take < avail or take == self.batch_size
+        return take
+
     cdef Py_ssize_t _expired_prefix(self, Lane* lane, Py_ssize_t limit, double now) noexcept nogil:
         # Arrival never decreases along a lane, so the records too old form a prefix.
         cdef Py_ssize_t count = 0
+        cdef const Run* run
+        if lane.use_runs:
+            run = lane.runs + lane.rhead
+            while count < limit and is_expired(run.arrival_ms, self.max_age_ms, now):
+                count += run.n if run.n < limit - count else limit - count
+                run += 1
+            return count
         while count < limit and is_expired(lane.buf[lane.head + count].arrival_ms, self.max_age_ms, now):
             count += 1
         return count
@@ -427,7 +577,7 @@ cdef class ShardDispatcher:
                 return <double>((lane.open_window + 1) * self.window_ms) / 1000.0
             return _INF
         if (lane.open_window != NO_WINDOW and not lane.n_pinned
-                and self._window_of(lane.buf[lane.head].arrival_ms) != lane.open_window):
+                and self._window_of(_head_arrival(lane)) != lane.open_window):
             # A record of another window was read: close the open one first. Later, as a
             # rule; earlier only if the stream's clock stepped back (SEMANTICS 0.4: each
             # record counts in the window of its own arrival time).
@@ -446,7 +596,7 @@ cdef class ShardDispatcher:
             if count[0]:
                 kind[0] = RECORD_AGE_EXCEEDED
                 return -_INF
-            expires = <double>(lane.buf[lane.head].arrival_ms + self.max_age_ms + 1) / 1000.0
+            expires = <double>(_head_arrival(lane) + self.max_age_ms + 1) / 1000.0
         else:
             expires = _INF
         if lane.n_pinned:
@@ -473,7 +623,7 @@ cdef class ShardDispatcher:
                 if kind[0] == _FINAL:
                     count[0] = 0
                 elif kind[0] == NONE and self.window_ms and lane.open_window == NO_WINDOW:
-                    lane.open_window = self._window_of(lane.buf[lane.head].arrival_ms)
+                    lane.open_window = self._window_of(_head_arrival(lane))
                 lane.inflight_n = count[0]
                 self.in_flight += 1
                 self.rr = (idx + 1) % self.n_lanes
@@ -525,10 +675,11 @@ cdef class ShardDispatcher:
             window = lane.open_window
         if kind == _FINAL:
             return (idx, count, attempt, kind, -1, -1, True, 0, window, bool(lane.final_early))
-        cdef Entry* first = &lane.buf[lane.head]
-        cdef Entry* last = &lane.buf[lane.head + count - 1]
-        return (idx, count, attempt, kind, first.seq, last.seq,
-                last.seq - first.seq == <uint64_t>(count - 1), last.arrival_ms, window, False)
+        cdef uint64_t first = _head_seq(lane), last
+        cdef int64_t last_arrival
+        _record_at(lane, count - 1, &last, &last_arrival)
+        return (idx, count, attempt, kind, first, last,
+                last - first == <uint64_t>(count - 1), last_arrival, window, False)
 
     def next_deadline(self, double now):
         """``(due, upcoming)``: the earliest ready time of any lane's next action, and the
@@ -551,31 +702,73 @@ cdef class ShardDispatcher:
         cdef Lane* lane = self._lane(lane_idx)
         if not lane.in_flight:
             raise ValueError(f"lane {lane_idx} has no batch in flight")
-        cdef Entry* first = &lane.buf[lane.head]
-        cdef Entry* last = &lane.buf[lane.head + lane.inflight_n - 1]
-        return (first.seq, last.seq, last.seq - first.seq == <uint64_t>(lane.inflight_n - 1))
+        cdef uint64_t first = _head_seq(lane), last
+        cdef int64_t last_arrival
+        _record_at(lane, lane.inflight_n - 1, &last, &last_arrival)
+        return (first, last, last - first == <uint64_t>(lane.inflight_n - 1))
 
     def batch_offsets(self, Py_ssize_t lane_idx, uint64_t base):
         """The in-flight batch's seqs minus ``base``, as a uint64 array (for ``take``)."""
         cdef Lane* lane = self._lane(lane_idx)
-        cdef Py_ssize_t i, n = lane.inflight_n
+        cdef Py_ssize_t i, j, n = lane.inflight_n
         out_buf = pa.allocate_buffer(8 * n)
         cdef uint64_t* out = <uint64_t*>buffer_address(out_buf)
-        cdef Entry* src = &lane.buf[lane.head]
-        for i in range(n):  # at most a batch: too short to be worth releasing the GIL
-            out[i] = src[i].seq - base
+        cdef Entry* src
+        cdef const Run* run
+        if lane.use_runs:
+            run = lane.runs + lane.rhead
+            i = 0
+            while i < n:
+                for j in range(run.n if run.n < n - i else n - i):
+                    out[i] = run.seq + <uint64_t>j - base
+                    i += 1
+                run += 1
+        else:
+            src = &lane.buf[lane.head]
+            for i in range(n):  # at most a batch: too short to be worth releasing the GIL
+                out[i] = src[i].seq - base
         return pa.Array.from_buffers(pa.uint64(), n, [None, out_buf])
 
     def batch_arrivals(self, Py_ssize_t lane_idx):
         """``(first, last)`` arrival in epoch ms of the lane's batch in flight."""
         cdef Lane* lane = self._lane(lane_idx)
-        return (lane.buf[lane.head].arrival_ms,
-                lane.buf[lane.head + lane.inflight_n - 1].arrival_ms)
+        if not lane.in_flight:
+            raise ValueError(f"lane {lane_idx} has no batch in flight")
+        cdef uint64_t last
+        cdef int64_t last_arrival
+        _record_at(lane, lane.inflight_n - 1, &last, &last_arrival)
+        return (_head_arrival(lane), last_arrival)
 
     # -- outcomes --------------------------------------------------------------
 
-    cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept nogil:
-        if count:
+    cdef void _pop(self, Lane* lane, Py_ssize_t count) noexcept:
+        # The oldest ``count`` records are done and leave the lane (runs: the GIL is
+        # held, as a run's last record going lets go of its chunk's sizes).
+        cdef Py_ssize_t left = count
+        cdef Run* run
+        cdef PyObject* owner
+        if not count:
+            return
+        if lane.use_runs:
+            while True:
+                run = &lane.runs[lane.rhead]
+                if run.n > left:
+                    lane.done_seq = <int64_t>(run.seq + <uint64_t>left) - 1
+                    run.seq += <uint64_t>left
+                    run.n -= left
+                    run.sz += left
+                    break
+                left -= run.n
+                lane.done_seq = <int64_t>(run.seq + <uint64_t>run.n) - 1
+                owner = run.owner
+                lane.rhead += 1
+                Py_XDECREF(owner)
+                if not left:
+                    break
+            if lane.rhead == lane.rtail:
+                lane.rhead = 0
+                lane.rtail = 0
+        else:
             lane.done_seq = <int64_t>lane.buf[lane.head + count - 1].seq
         lane.head += count
         if lane.head == lane.tail:
@@ -747,7 +940,19 @@ cdef class ShardDispatcher:
         """Position of ``seq`` within the lane's batch in flight, or -1."""
         cdef Lane* lane = self._lane(lane_idx)
         cdef Py_ssize_t lo = 0, hi = lane.inflight_n, mid
+        cdef const Run* run
         if not lane.in_flight:
+            return -1
+        if lane.use_runs:  # seqs ascend along the runs
+            run = lane.runs + lane.rhead
+            while lo < hi:
+                if seq < run.seq:
+                    return -1
+                if seq < run.seq + <uint64_t>run.n:
+                    mid = lo + <Py_ssize_t>(seq - run.seq)
+                    return mid if mid < hi else -1
+                lo += run.n
+                run += 1
             return -1
         while lo < hi:
             mid = (lo + hi) >> 1
@@ -782,8 +987,8 @@ cdef class ShardDispatcher:
         cdef uint64_t low = self.next_read
         cdef Py_ssize_t i
         for i in range(self.n_lanes):
-            if self.lanes[i].head != self.lanes[i].tail and self.lanes[i].buf[self.lanes[i].head].seq < low:
-                low = self.lanes[i].buf[self.lanes[i].head].seq
+            if self.lanes[i].head != self.lanes[i].tail and _head_seq(&self.lanes[i]) < low:
+                low = _head_seq(&self.lanes[i])
         return <int64_t>low - 1
 
     def checkpoint(self):
@@ -806,6 +1011,7 @@ cdef class ShardDispatcher:
         cdef Lane* lane = self._lane(lane_idx)
         return {
             "pending": lane.tail - lane.head,
+            "runs": lane.rtail - lane.rhead,  # one lane: pending records are held as runs
             "in_flight": lane.in_flight,
             "inflight_n": lane.inflight_n,
             "pinned": [lane.pinned[i] for i in range(lane.n_pinned)],
