@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import numbers
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -153,20 +152,10 @@ class _Spec:
         return {"by": list(self.by), "count": self.count, **{op: list(v) for op, v in self.ops.items()}}
 
 
-# Per thread, in `records`, the records (Batch.records) the framework handed the
-# handler running on it: streamcore made them and nothing changes their buffers, so
-# their folds may go to the background thread. When they are a slice of a batch a
-# log stored, `source` is that batch's BatchBinding and `offset` the slice's first
-# row (else None and 0): their columns are found there, once per stored batch. The
-# consumer sets these around each handler call (attribute stores: this runs per
-# invocation).
-class _Handed(threading.local):
-    records: pa.RecordBatch | None = None  # class attributes: every thread's defaults
-    source: _aggregate.BatchBinding | None = None
-    offset: int = 0
-
-
-handed = _Handed()
+# Per thread, the records (Batch.records) the framework handed the handler running on
+# it, the binding of the stored batch they are a slice of and the slice's first row
+# (see _aggregate.Handed). The consumer sets these around each handler call.
+handed = _aggregate.handed
 
 
 @contextmanager
@@ -182,8 +171,6 @@ def handing(
         handed.records = handed.source = None
         handed.offset = 0
 
-
-_new = object.__new__
 
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
 _SPECS: dict[tuple[object, ...], _Spec] = {}
@@ -225,7 +212,7 @@ def _spec_for(by: Sequence[str] | str, count: bool, given: dict[str, Sequence[st
     return spec
 
 
-class Aggregator:
+class Aggregator(_aggregate.AggregatorCore):
     """Per-group count, sum, min, max and mean over Arrow record batches, natively.
 
     Parameters
@@ -271,7 +258,10 @@ class Aggregator:
     [{'user': 'a', 'count': 2, 'value_sum': 4}, {'user': 'b', 'count': 1, 'value_sum': 2}]
     """
 
-    __slots__ = ("_plan", "_s", "_table")
+    # The spec, the plan and the table (_s, _plan, _table) are fields of the native base,
+    # which also holds what a windowed handler calls per invocation: update's path for
+    # the records handed to it, copy, len, nbytes (see _aggregate.AggregatorCore).
+    __slots__ = ()
 
     def __init__(
         self,
@@ -284,8 +274,8 @@ class Aggregator:
         mean: Sequence[str] | str | None = None,
     ) -> None:
         self._s = _spec_for(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
-        self._plan: _Plan | None = None
-        self._table: _aggregate.GroupTable | None = None
+        self._plan = None
+        self._table = None
 
     # --- spec -------------------------------------------------------------------------
 
@@ -301,43 +291,8 @@ class Aggregator:
             + f") with {len(self)} groups"
         )
 
-    def __len__(self) -> int:
-        """Number of groups seen."""
-        return 0 if self._table is None else len(self._table)
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (Aggregator.from_state, (self.to_state(),))
-
-    def copy(self) -> Aggregator:
-        """An independent copy, in constant time: the groups are shared copy-on-write.
-
-        This is what a tumbling window's state uses: every invocation works on a
-        private copy, committed only when the invocation succeeds. The copy takes
-        over appending groups in place; the first of the two to change copies the
-        accumulators it changes, and this aggregator, if it is updated again while
-        the copy lives, first copies the groups it has (what a copy used to cost).
-        """
-        twin = _new(Aggregator)
-        # The spec and the plan are never mutated in place: share them.
-        twin._s, twin._plan = self._s, self._plan
-        table = self._table
-        twin._table = None if table is None else table.copy()
-        return twin
-
-    def _nbytes_bound(self) -> int:
-        """``nbytes``, or an upper bound of it while a background fold runs (no wait)."""
-        return 0 if self._table is None else self._table.nbytes(True)
-
-    def __copy__(self) -> Aggregator:
-        return self.copy()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Aggregator:
-        return self.copy()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held for the groups (what ``max_state_bytes`` counts for an aggregator in window state)."""
-        return 0 if self._table is None else self._table.nbytes()
 
     # --- types ------------------------------------------------------------------------
 
@@ -366,43 +321,9 @@ class Aggregator:
 
     # --- folding ----------------------------------------------------------------------
 
-    def update(self, records: pa.RecordBatch | pa.Table | Any) -> None:
-        """Fold records into the groups.
-
-        Parameters
-        ----------
-        records : pyarrow.RecordBatch or pyarrow.Table
-            Any chunking; also any object exporting the Arrow PyCapsule
-            interface (``__arrow_c_stream__`` or ``__arrow_c_array__``). It
-            must hold the ``by`` and aggregated columns; other columns are
-            ignored. An empty batch only fixes the column types.
-
-        Notes
-        -----
-        Inside a handler, ``update(batch.records)`` of fewer than 65536 rows
-        may return before the fold is done: the fold runs on a background
-        native thread beside the framework's work (committing the invocation,
-        starting the next). The records are checked and room for their
-        groups is made before it returns, so the fold cannot fail; every
-        later call on this aggregator (``len``, ``result``, ``copy``,
-        ``update`` ...) waits for it, or runs it itself if the thread has not
-        started it yet, so results are the same as folding in the call. Only
-        the records streamcore handed the handler fold this way (their
-        buffers cannot change); other records fold in the call.
-        ``streamcore._aggregate.background_folds(False)`` turns it off. The
-        handed records are a slice of a batch the stream stored: their columns
-        are found in that batch once (``_aggregate.BatchBinding``), not in
-        every slice.
-
-        Raises
-        ------
-        InvalidRecordsError
-            (a ``ValueError``) when a column is missing, has a type that
-            cannot be grouped or aggregated, or a type other than the records
-            folded before.
-        TypeError
-            When ``records`` is not Arrow data.
-        """
+    def _update_any(self, records: pa.RecordBatch | pa.Table | Any) -> None:
+        # update's general path (the native base's update documents it): every input
+        # but the handed records the base folds itself.
         if isinstance(records, pa.RecordBatch):
             self._update_batch(records)
             return
