@@ -204,6 +204,12 @@ cdef extern from *:
     #endif
     }
 
+    /* int64 key offsets as int32 (they fit: checked before). restrict: the compiler
+       then vectorises the loop (a result's keys are its largest copy). */
+    static void sc_narrow_offsets(int32_t* __restrict out, const int64_t* __restrict src, int64_t n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)src[i];
+    }
+
     /* The Arrow C Data Interface, verbatim from the specification. */
     #ifndef ARROW_C_DATA_INTERFACE
     #define ARROW_C_DATA_INTERFACE
@@ -243,6 +249,7 @@ cdef extern from *:
     void sc_writer_store(uintptr_t* p, uintptr_t v) noexcept nogil
     bint sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) noexcept nogil
     uint64_t sc_mul128_fold64(uint64_t a, uint64_t b) noexcept nogil
+    void sc_narrow_offsets(int32_t* out, const int64_t* src, int64_t n) noexcept nogil
 
     cdef struct CArrowArray "ArrowArray":
         int64_t length
@@ -323,6 +330,9 @@ _SUPPORTED_VALUES = "an integer, float32 or float64"
 # call's checks do.
 cdef object _RecordBatch = pa.RecordBatch
 cdef object _import_batch = pa.RecordBatch._import_from_c
+# A RecordBatch's column by position: _column skips column()'s name-or-index dispatch
+# (a third of its cost).
+cdef object _batch_column = getattr(pa.RecordBatch, "_column", None) or pa.RecordBatch.column
 _OPS = {"count": OUT_COUNT, "sum": OUT_SUM, "min": OUT_MIN, "max": OUT_MAX, "mean": OUT_MEAN}
 
 ctypedef fused int_t:
@@ -1670,6 +1680,11 @@ cdef int _bind_array(object arr, object name, object dtype, int kind, Input* inp
     if not arr.type.equals(dtype):
         msg = f"column {name!r} has type {arr.type}, but this aggregator holds {dtype} for it"
         raise InvalidRecordsError(msg)
+    return _bind_buffers(arr, kind, inp)
+
+
+cdef int _bind_buffers(object arr, int kind, Input* inp) except -1:
+    # _bind_array of an array whose type the caller checked.
     buffers = arr.buffers()
     cdef int64_t offset = arr.offset
     inp.voff = offset
@@ -1749,7 +1764,7 @@ cdef class BatchBinding:
             else:
                 j = i - t.n_keys
                 at, name, dtype, kind = value_idx[j], t._value_names[j], t._value_types[j], t.vals[j].kind
-            self.bind(at, name, dtype, kind, 0, &found)  # found once, types checked
+            self.bind(at, name, dtype, kind, 0, &found, True)  # found once
             idx[i] = at
         if self._kept is None:
             self._kept = []
@@ -1759,9 +1774,10 @@ cdef class BatchBinding:
         return 1
 
     cdef int bind(self, object at, object name, object dtype, int kind, int64_t offset,
-                  Input* inp) except -1:
+                  Input* inp, bint checked=False) except -1:
         # Point `inp` at column `at` of the slice starting at row `offset`, which
         # must be of type `dtype` (_bind_array for a slice, without pyarrow calls).
+        # `checked`: the caller knows it is (the batch has the schema it expects).
         cdef Py_ssize_t i = at
         cdef const Input* base
         if i < 0 or i >= self.n_cols:
@@ -1773,7 +1789,10 @@ cdef class BatchBinding:
                 # Written before `types` says it is there: a table on another thread
                 # that reads the type then reads the input whole (both threads may
                 # find the column; they write the same).
-                _bind_array(self.batch.column(i), name, dtype, kind, &self.inputs[i])
+                if checked:
+                    _bind_buffers(_batch_column(self.batch, i), kind, &self.inputs[i])
+                else:
+                    _bind_array(_batch_column(self.batch, i), name, dtype, kind, &self.inputs[i])
             elif not held.equals(dtype):
                 msg = f"column {name!r} has type {held}, but this aggregator holds {dtype} for it"
                 raise InvalidRecordsError(msg)
@@ -2192,8 +2211,7 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         memcpy(offsets, kc.offs, <size_t>(8 * n))
         (<int64_t*>offsets)[n] = kc.arena_len
     else:
-        for i in range(n):
-            (<int32_t*>offsets)[i] = <int32_t>kc.offs[i]
+        sc_narrow_offsets(<int32_t*>offsets, kc.offs, n)
         (<int32_t*>offsets)[n] = <int32_t>kc.arena_len
     if data != NULL and kc.arena_len:
         memcpy(data, kc.arena, <size_t>kc.arena_len)
@@ -3416,9 +3434,29 @@ cdef class AggregatorCore:
         cdef int64_t offset
         cdef int kind
         plan = self._plan
-        if sc_handed_source == NULL or plan is None or table is None or type(records) is not _RecordBatch:
+        if sc_handed_source == NULL or type(records) is not _RecordBatch:
             return False
         src = <BatchBinding>sc_handed_source
+        if table is None:
+            # A new aggregator (a window's first invocation): its spec's last plan,
+            # when the stored batch has that plan's schema (the general path's
+            # _plan_for and _bind, for that case).
+            if plan is not None:
+                return False
+            spec = self._s
+            plan = spec.plan
+            if plan is None or plan.any_fix:
+                return False
+            if src.plan is not plan:
+                schema = src.batch.schema
+                wanted = plan.schema
+                if schema is not wanted and not schema.equals(wanted):
+                    return False
+            table = GroupTable(spec.by, plan.key_types, spec.values, plan.value_types, spec.flags)
+            self._table = table
+            self._plan = plan
+        elif plan is None:
+            return False
         offset = sc_handed_offset
         n = records.num_rows
         if src.plan is not plan and not src.adopt(plan, table):

@@ -175,37 +175,50 @@ def handing(
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
 _SPECS: dict[tuple[object, ...], _Spec] = {}
 _SPECS_MAX = 256
-_UNCACHED = object()
 
 
-def _frozen(value: object) -> object:
-    """A hashable stand-in for a ``by``/aggregate argument, ``_UNCACHED`` for an unusual one."""
+def _plain(value: object) -> bool:
+    """Whether a ``by``/aggregate argument, as keyed, may be cached: None, a str, a tuple of str."""
     if value is None or type(value) is str:
-        return value
-    if type(value) is list or type(value) is tuple:
-        for item in value:
-            if type(item) is not str:
-                return _UNCACHED
-        return tuple(value)
-    return _UNCACHED
+        return True
+    return type(value) is tuple and all(type(item) is str for item in value)
 
 
-def _spec_for(by: Sequence[str] | str, count: bool, given: dict[str, Sequence[str] | str | None]) -> _Spec:
+def _spec_for(
+    by: Sequence[str] | str,
+    count: bool,
+    sum: Sequence[str] | str | None,
+    min: Sequence[str] | str | None,
+    max: Sequence[str] | str | None,
+    mean: Sequence[str] | str | None,
+) -> _Spec:
     """The spec of these constructor arguments: validated the first time, then cached.
 
     Only plain arguments (strings, lists or tuples of strings, None, a bool
-    ``count``) are cached; the key keeps their exact values, so arguments that
-    validation rejects never find a cached spec.
+    ``count``) are cached, keyed by their values (lists as tuples), so a
+    lookup finds only specs of arguments that validation accepted; ``count``
+    must be a bool to be looked up (``1 == True``).
     """
-    key = (  # spelled out: a comprehension costs a call (a new aggregator per window)
-        _frozen(by), count,
-        _frozen(given["sum"]), _frozen(given["min"]), _frozen(given["max"]), _frozen(given["mean"]),
+    # Spelled out, without a call per argument: a tumbling window makes a new
+    # aggregator per window.
+    key = (
+        tuple(by) if type(by) is list else by, count,
+        tuple(sum) if type(sum) is list else sum,
+        tuple(min) if type(min) is list else min,
+        tuple(max) if type(max) is list else max,
+        tuple(mean) if type(mean) is list else mean,
     )
-    if type(count) is not bool or _UNCACHED in key:
-        return _Spec(by, count, given)
-    spec = _SPECS.get(key)
-    if spec is None:
-        spec = _Spec(by, count, given)
+    cacheable = type(count) is bool
+    if cacheable:
+        try:
+            spec = _SPECS.get(key)
+        except TypeError:  # an unhashable argument: not plain
+            spec = None
+            cacheable = False
+        if spec is not None:
+            return spec
+    spec = _Spec(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
+    if cacheable and all(_plain(value) for i, value in enumerate(key) if i != 1):
         if len(_SPECS) >= _SPECS_MAX:
             _SPECS.clear()
         _SPECS[key] = spec
@@ -273,7 +286,7 @@ class Aggregator(_aggregate.AggregatorCore):
         max: Sequence[str] | str | None = None,
         mean: Sequence[str] | str | None = None,
     ) -> None:
-        self._s = _spec_for(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
+        self._s = _spec_for(by, count, sum, min, max, mean)
         self._plan = None
         self._table = None
 
