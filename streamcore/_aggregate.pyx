@@ -3533,7 +3533,7 @@ cdef class AggregatorCore:
 cdef object _deepcopy = None
 
 
-def copy_window_state(dict state):
+def copy_window_state(state):
     """A private copy of a window's state for one invocation (``windows.copy_state``).
 
     A deep copy, but values that cannot change in place (str, int, float,
@@ -3542,9 +3542,9 @@ def copy_window_state(dict state):
     its copy.
     """
     global _deepcopy
-    cdef dict out = dict(state)
+    cdef dict out = dict(state)  # (any mapping; a plain dict out)
     cdef dict memo = None
-    for key, value in state.items():
+    for key, value in out.items():  # (only existing keys' values are replaced)
         cls = type(value)
         if cls is str or cls is int or cls is float or cls is bool or cls is bytes or value is None:
             continue
@@ -3564,24 +3564,24 @@ def copy_window_state(dict state):
     return out
 
 
-def aggregators_nbytes(dict state, limit=None):
+def aggregators_nbytes(state, limit=None):
     """``windows.state_nbytes`` of a state whose values are all aggregators, -1 for any
     other state (empty included): 2 (``{}``) plus each aggregator's ``nbytes``; with
     ``limit``, upper bounds of them (no wait for a background fold) when their sum is
     at most ``limit``."""
     cdef int64_t total = 2
-    if not state:
+    if type(state) is not dict or not state:
         return -1
-    for value in state.values():
+    for value in (<dict>state).values():
         if not isinstance(value, AggregatorCore):
             return -1
     if limit is not None:
-        for value in state.values():
+        for value in (<dict>state).values():
             total += (<AggregatorCore>value)._size(True)
         if total <= limit:
             return total
         total = 2
-    for value in state.values():
+    for value in (<dict>state).values():
         total += (<AggregatorCore>value)._size(False)
     return total
 

@@ -156,3 +156,17 @@ def test_window_state_copy_and_size_agree_with_their_definitions() -> None:
     nested = {"l": [a], "t": a}
     copied = copy_state(nested)
     assert copied["l"][0] is copied["t"] and copied["t"] is not a
+
+
+def test_a_state_of_a_dict_subclass_is_copied_and_sized_as_a_dict() -> None:
+    class State(dict):  # type: ignore[type-arg]
+        pass
+
+    agg = Aggregator(by="user", sum="value")
+    agg.update(stored(5))
+    state = State(agg=agg, n=1)
+    twin = copy_state(state)
+    assert type(twin) is dict and twin["n"] == 1 and twin["agg"] is not agg
+    assert rows(twin["agg"]) == rows(agg)
+    assert state_nbytes(State(agg=agg)) == 2 + agg.nbytes
+    assert state_nbytes(state) == len(encode_state({"n": 1})) + agg.nbytes

@@ -275,6 +275,8 @@ class Aggregator(_aggregate.AggregatorCore):
     # which also holds what a windowed handler calls per invocation: update's path for
     # the records handed to it, copy, len, nbytes (see _aggregate.AggregatorCore).
     __slots__ = ()
+    _s: _Spec  # (annotations only: the fields are the base's)
+    _plan: _Plan | None
 
     def __init__(
         self,
