@@ -79,6 +79,16 @@ The GIL is released only for large inputs: a handler thread that gives it up
 for a few microseconds of work may wait a whole switch interval to get it back
 (pyarrow's own import of an exported batch gives it up briefly whatever the
 size; so does every pyarrow Table constructor, which validates).
+
+What a windowed handler's Aggregator costs its thread per invocation is native
+too: ``AggregatorCore`` (the base of ``streamcore.Aggregator``) holds the
+table and does ``update`` of the records handed to the handler, ``copy``,
+``len`` and ``nbytes`` without Python frames; ``handed`` keeps the handed
+records per thread in C thread-local storage; ``copy_window_state`` and
+``aggregators_nbytes`` are the window state's copy per invocation and its size
+check. A ``BatchBinding`` finds a stored batch's columns once and, once it has
+checked the batch's schema against an aggregator's plan, serves every slice
+of it to every aggregator of that plan.
 """
 
 cimport cython
@@ -3453,6 +3463,8 @@ cdef class AggregatorCore:
                 if schema is not wanted and not schema.equals(wanted):
                     return False
             table = GroupTable(spec.by, plan.key_types, spec.values, plan.value_types, spec.flags)
+            if self._table is not None:  # bound by another thread meanwhile: its path
+                return False
             self._table = table
             self._plan = plan
         elif plan is None:
