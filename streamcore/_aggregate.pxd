@@ -105,6 +105,10 @@ cdef class GroupTable:
     cdef int _reserve(self, int64_t n) noexcept nogil
     cdef int64_t _nbytes_for(self, int64_t groups, int64_t arena_bytes) noexcept nogil
     cdef int _sync(self) except -1
+    cdef int64_t _groups(self) except -1
+    cdef GroupTable _twin(self)
+    cdef int64_t _size(self, bint bound) except -1
+    cdef int _fold_inputs(self, object batch, const Input* inputs, int64_t n) except -1
     cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1
     cdef int _raise_for(self, int rc) except -1
     cdef tuple _state_layout(self)

@@ -79,6 +79,16 @@ The GIL is released only for large inputs: a handler thread that gives it up
 for a few microseconds of work may wait a whole switch interval to get it back
 (pyarrow's own import of an exported batch gives it up briefly whatever the
 size; so does every pyarrow Table constructor, which validates).
+
+What a windowed handler's Aggregator costs its thread per invocation is native
+too: ``AggregatorCore`` (the base of ``streamcore.Aggregator``) holds the
+table and does ``update`` of the records handed to the handler, ``copy``,
+``len`` and ``nbytes`` without Python frames; ``handed`` keeps the handed
+records per thread in C thread-local storage; ``copy_window_state`` and
+``aggregators_nbytes`` are the window state's copy per invocation and its size
+check. A ``BatchBinding`` finds a stored batch's columns once and, once it has
+checked the batch's schema against an aggregator's plan, serves every slice
+of it to every aggregator of that plan.
 """
 
 cimport cython
@@ -98,6 +108,8 @@ from libc.stdint cimport (
     uint64_t,
     uintptr_t,
 )
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.ref cimport PyObject, Py_XDECREF, Py_XINCREF
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -202,6 +214,12 @@ cdef extern from *:
     #endif
     }
 
+    /* int64 key offsets as int32 (they fit: checked before). restrict: the compiler
+       then vectorises the loop (a result's keys are its largest copy). */
+    static void sc_narrow_offsets(int32_t* __restrict out, const int64_t* __restrict src, int64_t n) {
+        for (int64_t i = 0; i < n; i++) out[i] = (int32_t)src[i];
+    }
+
     /* The Arrow C Data Interface, verbatim from the specification. */
     #ifndef ARROW_C_DATA_INTERFACE
     #define ARROW_C_DATA_INTERFACE
@@ -241,6 +259,7 @@ cdef extern from *:
     void sc_writer_store(uintptr_t* p, uintptr_t v) noexcept nogil
     bint sc_writer_cas(uintptr_t* p, uintptr_t* expected, uintptr_t v) noexcept nogil
     uint64_t sc_mul128_fold64(uint64_t a, uint64_t b) noexcept nogil
+    void sc_narrow_offsets(int32_t* out, const int64_t* src, int64_t n) noexcept nogil
 
     cdef struct CArrowArray "ArrowArray":
         int64_t length
@@ -321,6 +340,9 @@ _SUPPORTED_VALUES = "an integer, float32 or float64"
 # call's checks do.
 cdef object _RecordBatch = pa.RecordBatch
 cdef object _import_batch = pa.RecordBatch._import_from_c
+# A RecordBatch's column by position: _column skips column()'s name-or-index dispatch
+# (a third of its cost).
+cdef object _batch_column = getattr(pa.RecordBatch, "_column", None) or pa.RecordBatch.column
 _OPS = {"count": OUT_COUNT, "sum": OUT_SUM, "min": OUT_MIN, "max": OUT_MAX, "mean": OUT_MEAN}
 
 ctypedef fused int_t:
@@ -1668,6 +1690,11 @@ cdef int _bind_array(object arr, object name, object dtype, int kind, Input* inp
     if not arr.type.equals(dtype):
         msg = f"column {name!r} has type {arr.type}, but this aggregator holds {dtype} for it"
         raise InvalidRecordsError(msg)
+    return _bind_buffers(arr, kind, inp)
+
+
+cdef int _bind_buffers(object arr, int kind, Input* inp) except -1:
+    # _bind_array of an array whose type the caller checked.
     buffers = arr.buffers()
     cdef int64_t offset = arr.offset
     inp.voff = offset
@@ -1695,6 +1722,12 @@ cdef class BatchBinding:
     cdef Py_ssize_t n_cols
     cdef Input* inputs  # per column, at offset 0, once found
     cdef list types     # per column: the type it was found with, None before
+    # The last Aggregator plan (aggregate._Plan) found to fit the batch's schema, and
+    # its key then value column indices. Index arrays are kept (in `_kept`) until the
+    # binding dies: a thread that read `idx` may use it after another adopted a plan.
+    cdef object plan
+    cdef const Py_ssize_t* idx
+    cdef list _kept
 
     def __init__(self, batch):
         if not isinstance(batch, pa.RecordBatch):
@@ -1714,10 +1747,47 @@ cdef class BatchBinding:
     def __dealloc__(self):
         free(self.inputs)
 
+    cdef int adopt(self, object plan, GroupTable t) except -1:
+        # Make `plan` (the _Plan that t was bound with) this binding's: 1 when the
+        # batch's schema is the plan's, its columns then found once for every table
+        # of that plan (the handed slices share the schema: Aggregator.update's fast
+        # path checks nothing more per slice); 0 when it does not fit.
+        cdef Py_ssize_t n = t.n_keys + t.n_vals
+        cdef Py_ssize_t i
+        cdef Py_ssize_t* idx
+        cdef Input found
+        if plan.any_fix:
+            return 0
+        schema = self.batch.schema
+        wanted = plan.schema
+        if schema is not wanted and not schema.equals(wanted):
+            return 0
+        key_idx = plan.key_idx
+        value_idx = plan.value_idx
+        if len(key_idx) != t.n_keys or len(value_idx) != t.n_vals:
+            return 0
+        kept = PyBytes_FromStringAndSize(NULL, (n if n else 1) * sizeof(Py_ssize_t))
+        idx = <Py_ssize_t*>PyBytes_AS_STRING(kept)
+        for i in range(n):
+            if i < t.n_keys:
+                at, name, dtype, kind = key_idx[i], t._key_names[i], t._key_types[i], t.keys[i].kind
+            else:
+                j = i - t.n_keys
+                at, name, dtype, kind = value_idx[j], t._value_names[j], t._value_types[j], t.vals[j].kind
+            self.bind(at, name, dtype, kind, 0, &found, True)  # found once
+            idx[i] = at
+        if self._kept is None:
+            self._kept = []
+        self._kept.append(kept)
+        self.idx = idx
+        self.plan = plan
+        return 1
+
     cdef int bind(self, object at, object name, object dtype, int kind, int64_t offset,
-                  Input* inp) except -1:
+                  Input* inp, bint checked=False) except -1:
         # Point `inp` at column `at` of the slice starting at row `offset`, which
         # must be of type `dtype` (_bind_array for a slice, without pyarrow calls).
+        # `checked`: the caller knows it is (the batch has the schema it expects).
         cdef Py_ssize_t i = at
         cdef const Input* base
         if i < 0 or i >= self.n_cols:
@@ -1729,7 +1799,10 @@ cdef class BatchBinding:
                 # Written before `types` says it is there: a table on another thread
                 # that reads the type then reads the input whole (both threads may
                 # find the column; they write the same).
-                _bind_array(self.batch.column(i), name, dtype, kind, &self.inputs[i])
+                if checked:
+                    _bind_buffers(_batch_column(self.batch, i), kind, &self.inputs[i])
+                else:
+                    _bind_array(_batch_column(self.batch, i), name, dtype, kind, &self.inputs[i])
             elif not held.equals(dtype):
                 msg = f"column {name!r} has type {held}, but this aggregator holds {dtype} for it"
                 raise InvalidRecordsError(msg)
@@ -2148,8 +2221,7 @@ cdef int _fill_key(const KeyCol* kc, _Owned* own, CArrowArray* a, int64_t n) noe
         memcpy(offsets, kc.offs, <size_t>(8 * n))
         (<int64_t*>offsets)[n] = kc.arena_len
     else:
-        for i in range(n):
-            (<int32_t*>offsets)[i] = <int32_t>kc.offs[i]
+        sc_narrow_offsets(<int32_t*>offsets, kc.offs, n)
         (<int32_t*>offsets)[n] = <int32_t>kc.arena_len
     if data != NULL and kc.arena_len:
         memcpy(data, kc.arena, <size_t>kc.arena_len)
@@ -2408,6 +2480,9 @@ cdef class GroupTable:
         free(self.keys)  # (vals are in the same allocation)
 
     def __len__(self):
+        return self._groups()
+
+    cdef int64_t _groups(self) except -1:
         _t_lock(self)
         try:
             self._sync()
@@ -2470,6 +2545,10 @@ cdef class GroupTable:
         each invocation folds into a private copy, committed (and the original
         dropped) only when the invocation succeeds.
         """
+        return self._twin()
+
+    cdef GroupTable _twin(self):
+        # copy() (see there).
         cdef GroupTable twin = GroupTable.__new__(GroupTable)
         # The spec objects are never mutated: share them.
         twin._key_names = self._key_names
@@ -2516,6 +2595,10 @@ cdef class GroupTable:
         ``bound``: while a background fold runs, an upper bound of what it
         will be after the fold (every row a new group), without waiting.
         """
+        return self._size(bound)
+
+    cdef int64_t _size(self, bint bound) except -1:
+        # nbytes(bound) (see there).
         cdef Py_ssize_t k
         cdef int64_t arena = 0
         cdef int state = load_int(&self.bg_state)
@@ -2975,6 +3058,34 @@ cdef class GroupTable:
         finally:
             _t_unlock(self)
 
+    cdef int _fold_inputs(self, object batch, const Input* inputs, int64_t n) except -1:
+        # update_batch(batch, ..., background=True) with its columns found already:
+        # inputs[k] for key column k, then inputs[n_keys + j] for value column j, each
+        # at the batch's first row and of the type this table holds.
+        cdef Py_ssize_t k
+        cdef Py_ssize_t j
+        cdef int rc
+        _t_lock(self)
+        try:
+            self._sync()
+            for k in range(self.n_keys):
+                self.keys[k].inp = inputs[k]
+            for j in range(self.n_vals):
+                self.vals[j].inp[0] = inputs[self.n_keys + j]
+            if _bg_enabled and 0 < n < _NOGIL_ROWS:
+                rc = self._reserve(n)
+                if rc == -1:
+                    raise MemoryError()
+                if rc == 0:
+                    self.bg_rows = n
+                    if _bg_post(self):
+                        self._bg_batch = batch
+                        return 0
+            _run_fold(self, n, False)
+        finally:
+            _t_unlock(self)
+        return 0
+
     def input_types(self):
         """The key column types, then the value column types."""
         return self._key_types + self._value_types
@@ -3167,6 +3278,324 @@ cdef tuple _result_layout(GroupTable t, list names, list layout):
     _LAYOUTS[key] = out
     _last_layout = (t._key_types, t._value_types, t._value_flags, out)
     return out
+
+
+# --- the records handed to a handler, per thread -------------------------------------
+
+cdef extern from *:
+    """
+    #if defined(_MSC_VER)
+    #define SC_THREAD_LOCAL __declspec(thread)
+    #else
+    #define SC_THREAD_LOCAL __thread
+    #endif
+    /* Handed.records / .source (strong references, NULL for None) and .offset. */
+    static SC_THREAD_LOCAL PyObject* sc_handed_records = NULL;
+    static SC_THREAD_LOCAL PyObject* sc_handed_source = NULL;
+    static SC_THREAD_LOCAL int64_t sc_handed_offset = 0;
+
+    static PyObject* sc_tp_new(PyObject* type, PyObject* args) {
+        return ((PyTypeObject*)type)->tp_new((PyTypeObject*)type, args, NULL);
+    }
+    """
+    PyObject* sc_handed_records
+    PyObject* sc_handed_source
+    int64_t sc_handed_offset
+    object sc_tp_new(object type, object args)
+
+
+cdef inline void _store_ref(PyObject** slot, object value) noexcept:
+    # slot = value (NULL for None), the old reference dropped after the store.
+    cdef PyObject* old = slot[0]
+    cdef PyObject* new = NULL if value is None else <PyObject*>value
+    Py_XINCREF(new)
+    slot[0] = new
+    Py_XDECREF(old)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Handed:
+    """Per thread, the records streamcore handed the handler running on it.
+
+    ``records``: the handler's ``Batch.records`` (streamcore made them and
+    nothing changes their buffers, so an Aggregator may fold them on its
+    background thread); ``source``: the ``BatchBinding`` of the batch a log
+    stored that they are a slice of, and ``offset`` the slice's first row
+    (else None and 0). The consumer sets them around each handler call. Each
+    thread sees its own values (C thread-local storage: an attribute store costs
+    what a slot store does, where a ``threading.local`` looked up the thread's
+    dict); a thread that ends should leave ``records`` and ``source`` None, or
+    their last values stay referenced.
+    """
+
+    @property
+    def records(self):
+        return <object>sc_handed_records if sc_handed_records != NULL else None
+
+    @records.setter
+    def records(self, value):
+        global sc_handed_records
+        _store_ref(&sc_handed_records, value)
+
+    @property
+    def source(self):
+        return <object>sc_handed_source if sc_handed_source != NULL else None
+
+    @source.setter
+    def source(self, value):
+        global sc_handed_source
+        if value is not None and not isinstance(value, BatchBinding):
+            msg = f"source must be a BatchBinding or None, got {type(value).__name__}"
+            raise TypeError(msg)
+        _store_ref(&sc_handed_source, value)
+
+    @property
+    def offset(self):
+        return sc_handed_offset
+
+    @offset.setter
+    def offset(self, int64_t value):
+        global sc_handed_offset
+        sc_handed_offset = value
+
+
+handed = Handed()
+
+
+# --- Aggregator's native part --------------------------------------------------------
+
+cdef tuple _NO_ARGS = ()
+
+
+@cython.no_gc  # its fields are a spec, a plan and a table: none can lead back to it
+@cython.auto_pickle(False)
+cdef class AggregatorCore:
+    """The native part of ``streamcore.Aggregator`` (its base class): what a windowed
+    handler calls per invocation, without Python frames.
+
+    ``_s`` is the aggregator's spec (``aggregate._Spec``), ``_plan`` the
+    ``aggregate._Plan`` its table was bound with (None before), ``_table`` its
+    ``GroupTable`` (None before the first records). Not for direct use: the
+    subclass supplies ``_update_any``, the general path of ``update``.
+    """
+
+    cdef public object _s
+    cdef public object _plan
+    cdef public GroupTable _table
+
+    def update(self, records):
+        """Fold records into the groups.
+
+        Parameters
+        ----------
+        records : pyarrow.RecordBatch or pyarrow.Table
+            Any chunking; also any object exporting the Arrow PyCapsule
+            interface (``__arrow_c_stream__`` or ``__arrow_c_array__``). It
+            must hold the ``by`` and aggregated columns; other columns are
+            ignored. An empty batch only fixes the column types.
+
+        Notes
+        -----
+        Inside a handler, ``update(batch.records)`` of fewer than 65536 rows
+        may return before the fold is done: the fold runs on a background
+        native thread beside the framework's work (committing the invocation,
+        starting the next). The records are checked and room for their
+        groups is made before it returns, so the fold cannot fail; every
+        later call on this aggregator (``len``, ``result``, ``copy``,
+        ``update`` ...) waits for it, or runs it itself if the thread has not
+        started it yet, so results are the same as folding in the call. Only
+        the records streamcore handed the handler fold this way (their
+        buffers cannot change); other records fold in the call.
+        ``streamcore._aggregate.background_folds(False)`` turns it off. The
+        handed records are a slice of a batch the stream stored: their columns
+        are found in that batch once (``_aggregate.BatchBinding``), not in
+        every slice, and once its schema is found to be the one this
+        aggregator's columns were bound with, an update of such a slice is one
+        native call.
+
+        Raises
+        ------
+        InvalidRecordsError
+            (a ``ValueError``) when a column is missing, has a type that
+            cannot be grouped or aggregated, or a type other than the records
+            folded before.
+        TypeError
+            When ``records`` is not Arrow data.
+        """
+        if <PyObject*>records == sc_handed_records and self._fold_handed(records):
+            return
+        self._update_any(records)
+
+    cdef bint _fold_handed(self, records) except -1:
+        # The fast path of update for the records handed to the running handler: True
+        # when it folded them (or handed the fold to the background thread), False
+        # when the general path must (a first update, another schema, no binding...).
+        cdef GroupTable table = self._table
+        cdef BatchBinding src
+        cdef const Py_ssize_t* idx
+        cdef Input inputs_buf[8]
+        cdef Input* inputs = inputs_buf
+        cdef const Input* base
+        cdef Input* inp
+        cdef Py_ssize_t n_cols
+        cdef Py_ssize_t i
+        cdef int64_t n
+        cdef int64_t offset
+        cdef int kind
+        plan = self._plan
+        if sc_handed_source == NULL or type(records) is not _RecordBatch:
+            return False
+        src = <BatchBinding>sc_handed_source
+        if table is None:
+            # A new aggregator (a window's first invocation): its spec's last plan,
+            # when the stored batch has that plan's schema (the general path's
+            # _plan_for and _bind, for that case).
+            if plan is not None:
+                return False
+            spec = self._s
+            plan = spec.plan
+            if plan is None or plan.any_fix:
+                return False
+            if src.plan is not plan:
+                schema = src.batch.schema
+                wanted = plan.schema
+                if schema is not wanted and not schema.equals(wanted):
+                    return False
+            table = GroupTable(spec.by, plan.key_types, spec.values, plan.value_types, spec.flags)
+            if self._table is not None:  # bound by another thread meanwhile: its path
+                return False
+            self._table = table
+            self._plan = plan
+        elif plan is None:
+            return False
+        offset = sc_handed_offset
+        n = records.num_rows
+        if src.plan is not plan and not src.adopt(plan, table):
+            return False
+        idx = src.idx  # read with the GIL held since the check: the plan's
+        if offset < 0 or offset > src.n_rows - n:  # (no overflow)
+            msg = f"rows {offset}..{offset + n} are not within the source's {src.n_rows}"
+            raise ValueError(msg)
+        n_cols = table.n_keys + table.n_vals
+        memset(inputs_buf, 0, sizeof(inputs_buf))  # (all filled below; the compiler cannot tell)
+        if n_cols > 8:
+            inputs = <Input*>malloc(n_cols * sizeof(Input))
+            if inputs == NULL:
+                raise MemoryError()
+        try:
+            for i in range(n_cols):
+                kind = table.keys[i].kind if i < table.n_keys else table.vals[i - table.n_keys].kind
+                base = &src.inputs[idx[i]]
+                inp = &inputs[i]
+                inp.values = base.values + _width(kind) * offset
+                inp.data = base.data
+                inp.valid = base.valid
+                inp.voff = base.voff + offset
+            table._fold_inputs(records, inputs, n)
+        finally:
+            if inputs != inputs_buf:
+                free(inputs)
+        return True
+
+    def copy(self):
+        """An independent copy, in constant time: the groups are shared copy-on-write.
+
+        This is what a tumbling window's state uses: every invocation works on a
+        private copy, committed only when the invocation succeeds. The copy takes
+        over appending groups in place; the first of the two to change copies the
+        accumulators it changes, and this aggregator, if it is updated again while
+        the copy lives, first copies the groups it has (what a copy used to cost).
+        """
+        return self._copy()
+
+    def __copy__(self):
+        return self._copy()
+
+    def __deepcopy__(self, memo):
+        return self._copy()
+
+    cdef AggregatorCore _copy(self):
+        cdef AggregatorCore twin = <AggregatorCore>sc_tp_new(type(self), _NO_ARGS)
+        # The spec and the plan are never mutated in place: share them.
+        twin._s = self._s
+        twin._plan = self._plan
+        twin._table = None if self._table is None else self._table._twin()
+        return twin
+
+    def __len__(self):
+        """Number of groups seen."""
+        return 0 if self._table is None else self._table._groups()
+
+    @property
+    def nbytes(self):
+        """Bytes held for the groups (what ``max_state_bytes`` counts for an aggregator in window state)."""
+        return 0 if self._table is None else self._table._size(False)
+
+    def _nbytes_bound(self):
+        """``nbytes``, or an upper bound of it while a background fold runs (no wait)."""
+        return self._size(True)
+
+    cdef int64_t _size(self, bint bound) except -1:
+        return 0 if self._table is None else self._table._size(bound)
+
+
+# --- window state with aggregators -----------------------------------------------------
+
+cdef object _deepcopy = None
+
+
+def copy_window_state(state):
+    """A private copy of a window's state for one invocation (``windows.copy_state``).
+
+    A deep copy, but values that cannot change in place (str, int, float,
+    bool, bytes, None) are shared and an aggregator is copied natively
+    (``copy()``, in constant time); values that share an object still share
+    its copy.
+    """
+    global _deepcopy
+    cdef dict out = dict(state)  # (any mapping; a plain dict out)
+    cdef dict memo = None
+    for key, value in out.items():  # (only existing keys' values are replaced)
+        cls = type(value)
+        if cls is str or cls is int or cls is float or cls is bool or cls is bytes or value is None:
+            continue
+        if memo is None:
+            memo = {}
+        if isinstance(value, AggregatorCore):
+            twin = memo.get(id(value))
+            if twin is None:
+                twin = (<AggregatorCore>value)._copy()
+                memo[id(value)] = twin
+            out[key] = twin
+            continue
+        if _deepcopy is None:
+            from copy import deepcopy
+            _deepcopy = deepcopy
+        out[key] = _deepcopy(value, memo)
+    return out
+
+
+def aggregators_nbytes(state, limit=None):
+    """``windows.state_nbytes`` of a state whose values are all aggregators, -1 for any
+    other state (empty included): 2 (``{}``) plus each aggregator's ``nbytes``; with
+    ``limit``, upper bounds of them (no wait for a background fold) when their sum is
+    at most ``limit``."""
+    cdef int64_t total = 2
+    if type(state) is not dict or not state:
+        return -1
+    for value in (<dict>state).values():
+        if not isinstance(value, AggregatorCore):
+            return -1
+    if limit is not None:
+        for value in (<dict>state).values():
+            total += (<AggregatorCore>value)._size(True)
+        if total <= limit:
+            return total
+        total = 2
+    for value in (<dict>state).values():
+        total += (<AggregatorCore>value)._size(False)
+    return total
 
 
 # --- the group hash, for tests -------------------------------------------------------

@@ -1,8 +1,9 @@
 """Stubs for the native module ``streamcore._aggregate`` (keyed aggregation of Arrow columns)."""
 
-from typing import Final, final
+from typing import Any, Final, final
 
 import pyarrow as pa
+from typing_extensions import Self, disjoint_base
 
 WANT_SUM: Final[int]
 WANT_MEAN: Final[int]
@@ -20,6 +21,42 @@ def background_stats() -> tuple[int, int, int]:
 
 def key_hashes(arr: pa.Array) -> pa.Array:
     """The uint64 hash a ``GroupTable`` gives each element of a binary or utf8 array."""
+
+@final
+class Handed:
+    """Per thread, the records streamcore handed the handler running on it."""
+
+    records: pa.RecordBatch | None
+    source: BatchBinding | None
+    offset: int
+
+handed: Handed
+
+@disjoint_base
+class AggregatorCore:
+    """The native part of ``streamcore.Aggregator`` (its base class)."""
+
+    _s: Any
+    _plan: Any
+    _table: GroupTable | None
+    def update(self, records: Any) -> None:
+        """Fold records into the groups (see ``Aggregator``)."""
+    def copy(self) -> Self:
+        """An independent copy, in constant time: the groups are shared copy-on-write."""
+    def __copy__(self) -> Self: ...
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self: ...
+    def __len__(self) -> int: ...
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the groups."""
+    def _nbytes_bound(self) -> int:
+        """``nbytes``, or an upper bound of it while a background fold runs (no wait)."""
+
+def copy_window_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of a window's state for one invocation (aggregators copied natively)."""
+
+def aggregators_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
+    """``windows.state_nbytes`` of a state of aggregators only, -1 for any other state."""
 
 @final
 class BatchBinding:

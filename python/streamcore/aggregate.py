@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import numbers
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -153,20 +152,10 @@ class _Spec:
         return {"by": list(self.by), "count": self.count, **{op: list(v) for op, v in self.ops.items()}}
 
 
-# Per thread, in `records`, the records (Batch.records) the framework handed the
-# handler running on it: streamcore made them and nothing changes their buffers, so
-# their folds may go to the background thread. When they are a slice of a batch a
-# log stored, `source` is that batch's BatchBinding and `offset` the slice's first
-# row (else None and 0): their columns are found there, once per stored batch. The
-# consumer sets these around each handler call (attribute stores: this runs per
-# invocation).
-class _Handed(threading.local):
-    records: pa.RecordBatch | None = None  # class attributes: every thread's defaults
-    source: _aggregate.BatchBinding | None = None
-    offset: int = 0
-
-
-handed = _Handed()
+# Per thread, the records (Batch.records) the framework handed the handler running on
+# it, the binding of the stored batch they are a slice of and the slice's first row
+# (see _aggregate.Handed). The consumer sets these around each handler call.
+handed = _aggregate.handed
 
 
 @contextmanager
@@ -183,49 +172,60 @@ def handing(
         handed.offset = 0
 
 
-_new = object.__new__
-
 # Specs by their constructor arguments: a window's new Aggregator skips the validation.
 _SPECS: dict[tuple[object, ...], _Spec] = {}
 _SPECS_MAX = 256
-_UNCACHED = object()
 
 
-def _frozen(value: object) -> object:
-    """A hashable stand-in for a ``by``/aggregate argument, ``_UNCACHED`` for an unusual one."""
+def _plain(value: object) -> bool:
+    """Whether a ``by``/aggregate argument, as keyed, may be cached: None, a str, a tuple of str."""
     if value is None or type(value) is str:
-        return value
-    if type(value) is list or type(value) is tuple:
-        for item in value:
-            if type(item) is not str:
-                return _UNCACHED
-        return tuple(value)
-    return _UNCACHED
+        return True
+    return type(value) is tuple and all(type(item) is str for item in value)
 
 
-def _spec_for(by: Sequence[str] | str, count: bool, given: dict[str, Sequence[str] | str | None]) -> _Spec:
+def _spec_for(
+    by: Sequence[str] | str,
+    count: bool,
+    sum: Sequence[str] | str | None,
+    min: Sequence[str] | str | None,
+    max: Sequence[str] | str | None,
+    mean: Sequence[str] | str | None,
+) -> _Spec:
     """The spec of these constructor arguments: validated the first time, then cached.
 
     Only plain arguments (strings, lists or tuples of strings, None, a bool
-    ``count``) are cached; the key keeps their exact values, so arguments that
-    validation rejects never find a cached spec.
+    ``count``) are cached, keyed by their values (lists as tuples), so a
+    lookup finds only specs of arguments that validation accepted; ``count``
+    must be a bool to be looked up (``1 == True``).
     """
-    key = (  # spelled out: a comprehension costs a call (a new aggregator per window)
-        _frozen(by), count,
-        _frozen(given["sum"]), _frozen(given["min"]), _frozen(given["max"]), _frozen(given["mean"]),
+    # Spelled out, without a call per argument: a tumbling window makes a new
+    # aggregator per window.
+    key = (
+        tuple(by) if type(by) is list else by, count,
+        tuple(sum) if type(sum) is list else sum,
+        tuple(min) if type(min) is list else min,
+        tuple(max) if type(max) is list else max,
+        tuple(mean) if type(mean) is list else mean,
     )
-    if type(count) is not bool or _UNCACHED in key:
-        return _Spec(by, count, given)
-    spec = _SPECS.get(key)
-    if spec is None:
-        spec = _Spec(by, count, given)
+    cacheable = type(count) is bool
+    if cacheable:
+        try:
+            spec = _SPECS.get(key)
+        except TypeError:  # an unhashable argument: not plain
+            spec = None
+            cacheable = False
+        if spec is not None:
+            return spec
+    spec = _Spec(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
+    if cacheable and all(_plain(value) for i, value in enumerate(key) if i != 1):
         if len(_SPECS) >= _SPECS_MAX:
             _SPECS.clear()
         _SPECS[key] = spec
     return spec
 
 
-class Aggregator:
+class Aggregator(_aggregate.AggregatorCore):
     """Per-group count, sum, min, max and mean over Arrow record batches, natively.
 
     Parameters
@@ -271,7 +271,12 @@ class Aggregator:
     [{'user': 'a', 'count': 2, 'value_sum': 4}, {'user': 'b', 'count': 1, 'value_sum': 2}]
     """
 
-    __slots__ = ("_plan", "_s", "_table")
+    # The spec, the plan and the table (_s, _plan, _table) are fields of the native base,
+    # which also holds what a windowed handler calls per invocation: update's path for
+    # the records handed to it, copy, len, nbytes (see _aggregate.AggregatorCore).
+    __slots__ = ()
+    _s: _Spec  # (annotations only: the fields are the base's)
+    _plan: _Plan | None
 
     def __init__(
         self,
@@ -283,9 +288,9 @@ class Aggregator:
         max: Sequence[str] | str | None = None,
         mean: Sequence[str] | str | None = None,
     ) -> None:
-        self._s = _spec_for(by, count, {"sum": sum, "min": min, "max": max, "mean": mean})
-        self._plan: _Plan | None = None
-        self._table: _aggregate.GroupTable | None = None
+        self._s = _spec_for(by, count, sum, min, max, mean)
+        self._plan = None
+        self._table = None
 
     # --- spec -------------------------------------------------------------------------
 
@@ -301,43 +306,8 @@ class Aggregator:
             + f") with {len(self)} groups"
         )
 
-    def __len__(self) -> int:
-        """Number of groups seen."""
-        return 0 if self._table is None else len(self._table)
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (Aggregator.from_state, (self.to_state(),))
-
-    def copy(self) -> Aggregator:
-        """An independent copy, in constant time: the groups are shared copy-on-write.
-
-        This is what a tumbling window's state uses: every invocation works on a
-        private copy, committed only when the invocation succeeds. The copy takes
-        over appending groups in place; the first of the two to change copies the
-        accumulators it changes, and this aggregator, if it is updated again while
-        the copy lives, first copies the groups it has (what a copy used to cost).
-        """
-        twin = _new(Aggregator)
-        # The spec and the plan are never mutated in place: share them.
-        twin._s, twin._plan = self._s, self._plan
-        table = self._table
-        twin._table = None if table is None else table.copy()
-        return twin
-
-    def _nbytes_bound(self) -> int:
-        """``nbytes``, or an upper bound of it while a background fold runs (no wait)."""
-        return 0 if self._table is None else self._table.nbytes(True)
-
-    def __copy__(self) -> Aggregator:
-        return self.copy()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Aggregator:
-        return self.copy()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held for the groups (what ``max_state_bytes`` counts for an aggregator in window state)."""
-        return 0 if self._table is None else self._table.nbytes()
 
     # --- types ------------------------------------------------------------------------
 
@@ -366,43 +336,9 @@ class Aggregator:
 
     # --- folding ----------------------------------------------------------------------
 
-    def update(self, records: pa.RecordBatch | pa.Table | Any) -> None:
-        """Fold records into the groups.
-
-        Parameters
-        ----------
-        records : pyarrow.RecordBatch or pyarrow.Table
-            Any chunking; also any object exporting the Arrow PyCapsule
-            interface (``__arrow_c_stream__`` or ``__arrow_c_array__``). It
-            must hold the ``by`` and aggregated columns; other columns are
-            ignored. An empty batch only fixes the column types.
-
-        Notes
-        -----
-        Inside a handler, ``update(batch.records)`` of fewer than 65536 rows
-        may return before the fold is done: the fold runs on a background
-        native thread beside the framework's work (committing the invocation,
-        starting the next). The records are checked and room for their
-        groups is made before it returns, so the fold cannot fail; every
-        later call on this aggregator (``len``, ``result``, ``copy``,
-        ``update`` ...) waits for it, or runs it itself if the thread has not
-        started it yet, so results are the same as folding in the call. Only
-        the records streamcore handed the handler fold this way (their
-        buffers cannot change); other records fold in the call.
-        ``streamcore._aggregate.background_folds(False)`` turns it off. The
-        handed records are a slice of a batch the stream stored: their columns
-        are found in that batch once (``_aggregate.BatchBinding``), not in
-        every slice.
-
-        Raises
-        ------
-        InvalidRecordsError
-            (a ``ValueError``) when a column is missing, has a type that
-            cannot be grouped or aggregated, or a type other than the records
-            folded before.
-        TypeError
-            When ``records`` is not Arrow data.
-        """
+    def _update_any(self, records: pa.RecordBatch | pa.Table | Any) -> None:
+        # update's general path (the native base's update documents it): every input
+        # but the handed records the base folds itself.
         if isinstance(records, pa.RecordBatch):
             self._update_batch(records)
             return

@@ -14,18 +14,19 @@ commits the invocation and starts the next one (see ``Aggregator.update``).
 from __future__ import annotations
 
 import base64
-import copy
 import functools
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
+from streamcore import _aggregate
+from streamcore._aggregate import aggregators_nbytes as _aggregators_nbytes
 from streamcore.aggregate import Aggregator
 from streamcore.batch import Window
 
-_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 _BYTES_TAG = "__bytes__"
 _AGGREGATOR_TAG = "__aggregator__"
 
@@ -72,6 +73,9 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     is: a figure that is at most ``limit`` may be an upper bound of the size.
     Raises TypeError for values that are not JSON, bytes or aggregators.
     """
+    size = _aggregators_nbytes(state, limit)  # this runs after every window invocation
+    if size >= 0:  # every value an aggregator: counted natively
+        return size
     aggregators: list[Aggregator] | None = None
     for value in state.values():  # one pass to find them: this runs after every window invocation
         if type(value) is Aggregator or isinstance(value, Aggregator):
@@ -96,25 +100,8 @@ def state_nbytes(state: dict[str, Any], limit: int | None = None) -> int:
     return size
 
 
-def copy_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A private copy for one invocation, so a failed one commits nothing.
-
-    A deep copy, but values that cannot change in place are shared and an
-    aggregator is copied natively: this runs before every window invocation.
-    """
-    out = dict(state)  # immutable values stay shared; the others are replaced below
-    memo: dict[int, Any] | None = None  # values that share an object still share its copy
-    for key, value in state.items():
-        cls = type(value)
-        if cls is Aggregator:
-            if memo is None:
-                memo = {}
-            twin = memo.get(id(value))
-            if twin is None:
-                twin = memo[id(value)] = value.copy()
-            out[key] = twin
-        elif cls not in _IMMUTABLE:
-            if memo is None:
-                memo = {}
-            out[key] = copy.deepcopy(value, memo)
-    return out
+# A private copy for one invocation, so a failed one commits nothing: a deep copy, but
+# values that cannot change in place are shared and an aggregator is copied natively
+# (in constant time); values that share an object still share its copy. Native: this
+# runs before every window invocation.
+copy_state: Callable[[dict[str, Any]], dict[str, Any]] = _aggregate.copy_window_state
