@@ -211,3 +211,46 @@ def test_runs_match_entries_with_huge_sizes_sliced_arrays_and_restored_lanes(
         pair.one.restore_lanes([done])
         pair.ref.restore_lanes([done, -1])
     base.run_program(data, pair, window_ms, steps=40)
+
+
+# -- references: each pending run holds exactly one reference to its sizes ------------
+
+
+class CountedLog(base.Log):
+    """Remembers each chunk's sizes array and its reference count before any ingest."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
+        self.baseline: list[int] = []
+
+    def append(self, sizes: list[int], arrival_ms: int) -> None:
+        super().append(sizes, arrival_ms)
+        self.baseline.append(sys.getrefcount(self.chunks[-1][1]))
+
+    def extra_refs(self) -> int:
+        return sum(sys.getrefcount(c[1]) - b for c, b in zip(self.chunks, self.baseline, strict=True))
+
+
+class CountedPair(base.Pair):
+    def check(self, now: float) -> None:
+        super().check(now)
+        assert isinstance(self.log, CountedLog)
+        assert self.log.extra_refs() == self.one.lane_state(0)["runs"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), opts=base.options, window_ms=st.sampled_from([0, 1_000]))
+def test_each_pending_run_holds_one_reference_and_none_is_left(
+    data: st.DataObject, opts: dict[str, Any], window_ms: int
+) -> None:
+    # Every path (pop, partial, split, discard, drop_before, skip_to, release, defer)
+    # keeps exactly one reference per pending run: a leak or a second decref shows.
+    pair = CountedPair(0, window_ms, **opts)
+    pair.log = CountedLog(0)
+    base.run_program(data, pair, window_ms, steps=50)
+    for _ in range(data.draw(st.integers(0, 3))):  # leave some runs pending
+        pair.log.append([1, 2, 3], 10**9)
+        pair.read(2, 1_000.0)
+    assert pair.log.extra_refs() == pair.one.lane_state(0)["runs"]
+    del pair.one
+    assert pair.log.extra_refs() == 0
