@@ -19,7 +19,7 @@ O(chunks); sizes are summed only for the records a batch takes.
 
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t, uint8_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memmove
 
 import pyarrow as pa
@@ -149,7 +149,9 @@ cdef class ShardDispatcher:
             raise ValueError("n_lanes, batch_size and max_batch_bytes must be >= 1, batch_window >= 0")
         if self.lanes != NULL:
             raise TypeError("ShardDispatcher is initialised once")
-        self.lanes = <Lane*>malloc(n_lanes * sizeof(Lane))
+        # Zeroed: if the rest of __init__ raises (a bad ``backoff``), __dealloc__ finds
+        # no runs to let go of and NULL buffers to free, not uninitialised memory.
+        self.lanes = <Lane*>calloc(n_lanes, sizeof(Lane))
         if self.lanes == NULL:
             raise MemoryError()
         self.n_lanes = n_lanes
