@@ -3297,11 +3297,19 @@ cdef extern from *:
     static PyObject* sc_tp_new(PyObject* type, PyObject* args) {
         return ((PyTypeObject*)type)->tp_new((PyTypeObject*)type, args, NULL);
     }
+
+    /* Whether instances of `type` may hold more than `base`'s fields: an instance
+       dict or slots of a subclass. */
+    static int sc_has_more_fields(PyObject* type, PyObject* base) {
+        return ((PyTypeObject*)type)->tp_dictoffset != 0
+            || ((PyTypeObject*)type)->tp_basicsize != ((PyTypeObject*)base)->tp_basicsize;
+    }
     """
     PyObject* sc_handed_records
     PyObject* sc_handed_source
     int64_t sc_handed_offset
     object sc_tp_new(object type, object args)
+    bint sc_has_more_fields(object type, object base)
 
 
 cdef inline void _store_ref(PyObject** slot, object value) noexcept:
@@ -3506,21 +3514,28 @@ cdef class AggregatorCore:
         over appending groups in place; the first of the two to change copies the
         accumulators it changes, and this aggregator, if it is updated again while
         the copy lives, first copies the groups it has (what a copy used to cost).
+        A subclass's own attributes are shared, as ``copy.copy`` shares them
+        (``copy.deepcopy`` and a window state's copy copy them deeply).
         """
-        return self._copy()
+        return self._copy(None)
 
     def __copy__(self):
-        return self._copy()
+        return self._copy(None)
 
     def __deepcopy__(self, memo):
-        return self._copy()
+        return self._copy({} if memo is None else memo)
 
-    cdef AggregatorCore _copy(self):
-        cdef AggregatorCore twin = <AggregatorCore>sc_tp_new(type(self), _NO_ARGS)
+    cdef AggregatorCore _copy(self, object memo):
+        # copy(); with `memo` (a deepcopy memo), a subclass's own attributes are
+        # deep-copied (else shared, as copy.copy shares them).
+        cls = type(self)
+        cdef AggregatorCore twin = <AggregatorCore>sc_tp_new(cls, _NO_ARGS)
         # The spec and the plan are never mutated in place: share them.
         twin._s = self._s
         twin._plan = self._plan
         twin._table = None if self._table is None else self._table._twin()
+        if sc_has_more_fields(cls, AggregatorCore):
+            _copy_fields(self, twin, memo)
         return twin
 
     def __len__(self):
@@ -3540,9 +3555,39 @@ cdef class AggregatorCore:
         return 0 if self._table is None else self._table._size(bound)
 
 
-# --- window state with aggregators -----------------------------------------------------
-
 cdef object _deepcopy = None
+
+
+cdef int _copy_fields(AggregatorCore self, AggregatorCore twin, object memo) except -1:
+    # What a subclass adds (its instance dict, its slots) from self to twin, as
+    # copy.copy (memo None) or copy.deepcopy (memo) would: __getstate__, then
+    # __setstate__ or the dict and slots set (copy._reconstruct).
+    global _deepcopy
+    state = self.__getstate__()
+    if state is None:
+        return 0
+    if memo is not None:
+        memo[id(self)] = twin  # (a reference back to self is one to twin)
+        if _deepcopy is None:
+            from copy import deepcopy
+            _deepcopy = deepcopy
+        state = _deepcopy(state, memo)
+    setstate = getattr(twin, "__setstate__", None)
+    if setstate is not None:
+        setstate(state)
+        return 0
+    slots = None
+    if isinstance(state, tuple) and len(<tuple>state) == 2:
+        state, slots = state
+    if state:
+        twin.__dict__.update(state)
+    if slots:
+        for name, value in slots.items():
+            setattr(twin, name, value)
+    return 0
+
+
+# --- window state with aggregators -----------------------------------------------------
 
 
 def copy_window_state(state):
@@ -3565,7 +3610,7 @@ def copy_window_state(state):
         if isinstance(value, AggregatorCore):
             twin = memo.get(id(value))
             if twin is None:
-                twin = (<AggregatorCore>value)._copy()
+                twin = (<AggregatorCore>value)._copy(memo)
                 memo[id(value)] = twin
             out[key] = twin
             continue

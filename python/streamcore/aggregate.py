@@ -319,8 +319,14 @@ class Aggregator(_aggregate.AggregatorCore):
             table = _aggregate.GroupTable(
                 spec.by, list(key_types), spec.values, list(value_types), spec.flags
             )
-            self._table = table
-            return table
+            # Another thread sharing this aggregator may have bound a table while this
+            # one was made (the constructor can switch threads): keep that one, whose
+            # folds would be lost if it were replaced.
+            bound = self._table
+            if bound is None:
+                self._table = table
+                return table
+            table = bound
         names = spec.by + spec.values
         for name, held, dtype in zip(names, table.input_types(), [*key_types, *value_types], strict=True):
             if not held.equals(dtype):
