@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -520,6 +520,7 @@ class StreamConsumer:
             self._checkpoint(state)
             return
         jitter = self.clock.random()
+        verdict: Literal["retry", "split", "discard"]
         if outcome.failed:
             if work.window is not None:
                 self._commit_window(work, outcome)
@@ -540,13 +541,14 @@ class StreamConsumer:
     def _commit_window(self, work: Work, outcome: Outcome) -> None:
         """Commit a windowed invocation's state (``work.window`` is not None)."""
         windows = work.unit.windows
+        assert work.window is not None
         if work.kind == FINAL:
             if work.early:
                 windows[work.lane] = (work.window, {})  # the same window goes on with fresh state
             else:
                 windows.pop(work.lane, None)
             return
-        assert outcome.state is not None and work.window is not None
+        assert outcome.state is not None
         windows[work.lane] = (work.window, outcome.state)
         if outcome.state_bytes > self._max_state_bytes:
             work.unit.dispatcher.terminate_early(work.lane)
