@@ -109,6 +109,7 @@ cdef class GroupTable:
     cdef GroupTable _twin(self)
     cdef int64_t _size(self, bint bound) except -1
     cdef int _fold_inputs(self, object batch, const Input* inputs, int64_t n) except -1
+    cdef int _post_or_fold(self, object batch, int64_t n, bint background) except -1
     cdef int _bind_input(self, object arr, object name, object dtype, int kind, Input* inp) except -1
     cdef int _raise_for(self, int rc) except -1
     cdef tuple _state_layout(self)

@@ -3014,7 +3014,6 @@ cdef class GroupTable:
         cdef Py_ssize_t k
         cdef Py_ssize_t j
         cdef int64_t n
-        cdef int rc
         cdef int kind
         cdef Input* inp
         if not isinstance(batch, _RecordBatch):
@@ -3045,18 +3044,26 @@ cdef class GroupTable:
                     _bind_array(column(at), name, dtype, kind, inp)
                 else:
                     source.bind(at, name, dtype, kind, offset, inp)
-            if background and _bg_enabled and 0 < n < _NOGIL_ROWS:
-                rc = self._reserve(n)
-                if rc == -1:
-                    raise MemoryError()
-                if rc == 0:
-                    self.bg_rows = n
-                    if _bg_post(self):
-                        self._bg_batch = batch
-                        return
-            _run_fold(self, n, False)
+            self._post_or_fold(batch, n, background)
         finally:
             _t_unlock(self)
+
+    cdef int _post_or_fold(self, object batch, int64_t n, bint background) except -1:
+        # The bound inputs' fold (the table's lock held): posted to the background
+        # thread when `background` allows it and room for its groups is made, else
+        # run in the call. `batch` holds the bound buffers until the fold is done.
+        cdef int rc
+        if background and _bg_enabled and 0 < n < _NOGIL_ROWS:
+            rc = self._reserve(n)
+            if rc == -1:
+                raise MemoryError()
+            if rc == 0:
+                self.bg_rows = n
+                if _bg_post(self):
+                    self._bg_batch = batch
+                    return 0
+        _run_fold(self, n, False)
+        return 0
 
     cdef int _fold_inputs(self, object batch, const Input* inputs, int64_t n) except -1:
         # update_batch(batch, ..., background=True) with its columns found already:
@@ -3064,7 +3071,6 @@ cdef class GroupTable:
         # at the batch's first row and of the type this table holds.
         cdef Py_ssize_t k
         cdef Py_ssize_t j
-        cdef int rc
         _t_lock(self)
         try:
             self._sync()
@@ -3072,16 +3078,7 @@ cdef class GroupTable:
                 self.keys[k].inp = inputs[k]
             for j in range(self.n_vals):
                 self.vals[j].inp[0] = inputs[self.n_keys + j]
-            if _bg_enabled and 0 < n < _NOGIL_ROWS:
-                rc = self._reserve(n)
-                if rc == -1:
-                    raise MemoryError()
-                if rc == 0:
-                    self.bg_rows = n
-                    if _bg_post(self):
-                        self._bg_batch = batch
-                        return 0
-            _run_fold(self, n, False)
+            self._post_or_fold(batch, n, True)
         finally:
             _t_unlock(self)
         return 0
